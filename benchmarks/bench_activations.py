@@ -1,0 +1,100 @@
+"""Forward+backward cost of the k-sparse layers relative to ReLU, side by side in one process.
+
+    python benchmarks/bench_activations.py            # the three default shapes
+    python benchmarks/bench_activations.py --repeats 200 --threads 2
+
+Each case is timed as the median of ``--repeats`` runs of forward + backward on a fixed input, after
+warm-up, and reported as a ratio to ReLU on the same input. "in Linear block" adds a Linear(n, n) layer
+in front of both, the way these activations are used. The bytes autograd keeps for backward are
+counted with saved-tensor hooks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from ksparse_pl import KSparse, KWinners
+
+SHAPES = [(256, 4096, 0.05), (256, 1024, 0.10), (1024, 512, 0.25)]
+
+
+def median_ms(fn: Callable[[], None], repeats: int) -> float:
+    for _ in range(5):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2] * 1e3
+
+
+def saved_bytes(module: nn.Module, x: torch.Tensor) -> int:
+    """Bytes autograd keeps for backward, each storage counted once; the input is the caller's anyway."""
+    sizes = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.data_ptr() != x.data_ptr():
+            sizes[t.data_ptr()] = t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        module(x)
+    return sum(sizes.values())
+
+
+def cases(n: int, p: float) -> dict[str, nn.Module]:
+    return {
+        "ReLU": nn.ReLU(),
+        "KSparse": KSparse(n, percent_on=p),
+        "KSparse threshold_mode": KSparse(n, percent_on=p, threshold_mode=True),
+        "KWinners (boosting)": KWinners(n, percent_on=p),
+        "KWinners + sensitivity": KWinners(n, percent_on=p, sensitivity=True),
+    }
+
+
+def step(module: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> Callable[[], None]:
+    def run() -> None:
+        x.grad = None
+        module(x).backward(grad)
+
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {args.threads} threads")
+    print("| B | n | active | layer | fwd+bwd ms | x ReLU | in Linear block, x ReLU | saved for backward |")
+    print("|---|---|---|---|---|---|---|---|")
+    for batch, n, p in SHAPES:
+        x = torch.randn(batch, n, requires_grad=True)
+        grad = torch.randn(batch, n)
+        linear = nn.Linear(n, n)
+        layers = cases(n, p)
+        alone = {name: median_ms(step(m, x, grad), args.repeats) for name, m in layers.items()}
+        block = {
+            name: median_ms(step(nn.Sequential(linear, m), x, grad), max(args.repeats // 4, 10))
+            for name, m in layers.items()
+        }
+        relu_saved = saved_bytes(layers["ReLU"], x)
+        for name, m in layers.items():
+            kb = saved_bytes(m, x) / 1024
+            print(
+                f"| {batch} | {n} | {p:.0%} | {name} | {alone[name]:.3f} | {alone[name] / alone['ReLU']:.2f} | "
+                f"{block[name] / block['ReLU']:.2f} | {kb:.0f} KiB (ReLU {relu_saved / 1024:.0f}) |"
+            )
+
+
+if __name__ == "__main__":
+    main()

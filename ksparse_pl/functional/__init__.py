@@ -1,0 +1,33 @@
+"""Pure tensor functions behind the sparse layers: no state, no Lightning.
+
+Every piece of state (duty cycles, sensitivities, boost strength) is an argument and every result a
+returned tensor; the modules in :mod:`ksparse_pl.layers` own the buffers and call these.
+"""
+
+from ksparse_pl.functional.boosting import boost_factors, update_duty_cycle, winner_counts
+from ksparse_pl.functional.selection import (
+    k_sparse,
+    keep_masked,
+    keep_winners,
+    scale_grad,
+    selection_scores,
+    threshold_mask,
+    topk_indices,
+)
+from ksparse_pl.functional.sensitivity import idle_sensitivity, sensitivity_step, sensitivity_step_at
+
+__all__ = [
+    "boost_factors",
+    "idle_sensitivity",
+    "k_sparse",
+    "keep_masked",
+    "keep_winners",
+    "scale_grad",
+    "selection_scores",
+    "sensitivity_step",
+    "sensitivity_step_at",
+    "threshold_mask",
+    "topk_indices",
+    "update_duty_cycle",
+    "winner_counts",
+]

@@ -1,0 +1,123 @@
+"""Top-k selection: which units win, and the sparse output that keeps only them.
+
+Selection runs on a detached score tensor (the activations, their magnitudes, or boosted activations);
+the output is built from the undetached input, so the gradient flows only through the winners.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ksparse_pl.functional._checks import check_float_input, check_k
+
+
+def selection_scores(x: Tensor, *, by_magnitude: bool = False, boost_factors: Tensor | None = None) -> Tensor:
+    """The detached scores that decide the winners: ``x`` (or ``|x|``), times per-unit boost factors.
+
+    ``boost_factors`` broadcasts against ``x`` (shape ``(n,)`` for ``(..., n)`` inputs).
+    """
+    scores = x.detach()
+    if by_magnitude:
+        scores = scores.abs()
+    if boost_factors is not None:
+        scores = scores * boost_factors
+    return scores
+
+
+def topk_indices(scores: Tensor, k: int, dim: int = -1) -> Tensor:
+    """Indices of the ``k`` largest scores along ``dim``: exactly ``k`` per slice, ties broken by ``torch.topk``.
+
+    NaN ranks above every number (as in ``torch.topk``), so a NaN input is always among the winners and
+    shows in the output rather than being dropped.
+    """
+    return scores.topk(k, dim=dim, sorted=False).indices
+
+
+def threshold_mask(scores: Tensor, k: int, dim: int = -1) -> Tensor:
+    """Boolean mask of every score at least as large as the k-th largest along ``dim``.
+
+    Keeps more than ``k`` units when the k-th score is tied. A NaN score is kept (``~(s < t)``), so NaNs
+    are never dropped silently.
+    """
+    kth = scores.topk(k, dim=dim, sorted=False).values.amin(dim=dim, keepdim=True)
+    return ~(scores < kth)
+
+
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward; the backward multiplies the incoming gradient by ``scale`` (sensitivity)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, scale: Tensor) -> Tensor:
+        ctx.save_for_backward(scale)
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        (scale,) = ctx.saved_tensors
+        return grad * scale.to(grad.dtype), None
+
+
+def scale_grad(x: Tensor, scale: Tensor) -> Tensor:
+    """Return ``x`` unchanged, but multiply the gradient flowing back through it by ``scale``."""
+    return _ScaleGrad.apply(x, scale)
+
+
+def keep_winners(
+    x: Tensor, indices: Tensor, *, dim: int = -1, relu: bool = False, grad_scale: Tensor | None = None
+) -> Tensor:
+    """Zero all of ``x`` but the entries at ``indices`` along ``dim``; the gradient flows only through those.
+
+    Args:
+        x: activations.
+        indices: winner indices along ``dim`` (from :func:`topk_indices`).
+        dim: the unit dimension.
+        relu: also zero winners that are negative (ReLU after top-k).
+        grad_scale: per-winner gradient factor, shaped like ``indices`` (sensitivity); forward unchanged.
+    """
+    values = x.gather(dim, indices)
+    if relu:
+        values = values.relu()
+    if grad_scale is not None:
+        values = scale_grad(values, grad_scale)
+    return torch.zeros_like(x).scatter(dim, indices, values)
+
+
+def keep_masked(x: Tensor, mask: Tensor, *, relu: bool = False, grad_scale: Tensor | None = None) -> Tensor:
+    """:func:`keep_winners` for a boolean mask (threshold mode); ``grad_scale`` broadcasts against ``x``."""
+    if grad_scale is not None:
+        x = scale_grad(x, grad_scale)
+    out = x * mask
+    return out.relu() if relu else out
+
+
+def k_sparse(x: Tensor, k: int, *, dim: int = -1, by_magnitude: bool = False, relu: bool = False) -> Tensor:
+    """Keep the ``k`` largest entries of ``x`` along ``dim`` (exactly ``k``), zero the rest.
+
+    The functional twin of :class:`ksparse_pl.KSparse` without state (no boosting, no sensitivity).
+
+    Args:
+        x: floating-point activations.
+        k: how many units to keep, in ``[1, x.shape[dim]]``.
+        dim: the unit dimension.
+        by_magnitude: rank by ``|x|`` and keep the signs (Cottonwood).
+        relu: zero negative winners (OpenAI's TopK SAE).
+
+    Raises:
+        TypeError: ``x`` is not a floating-point tensor.
+        ValueError: ``k`` is not in ``[1, x.shape[dim]]``.
+
+    Example:
+        >>> import torch
+        >>> from ksparse_pl.functional import k_sparse
+        >>> k_sparse(torch.tensor([[0.5, -3.0, 2.0, 1.0]]), 2)
+        tensor([[0., 0., 2., 1.]])
+        >>> k_sparse(torch.tensor([[0.5, -3.0, 2.0, 1.0]]), 2, by_magnitude=True)
+        tensor([[ 0., -3.,  2.,  0.]])
+    """
+    check_float_input(x)
+    check_k(k, x.shape[dim])
+    indices = topk_indices(selection_scores(x, by_magnitude=by_magnitude), k, dim=dim)
+    return keep_winners(x, indices, dim=dim, relu=relu)

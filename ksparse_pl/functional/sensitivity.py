@@ -1,0 +1,86 @@
+"""Cottonwood's adaptive sensitivity, with the published ordering bug fixed.
+
+A unit that stays unselected grows its sensitivity toward ``s_max`` with time constant ``tau`` (one step per
+training sample). When it is selected, the gradient through it is multiplied by the sensitivity it had just
+before that sample; then the sensitivity resets to 1.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def idle_sensitivity(s0: Tensor, idle: Tensor, s_max: float, tau: float) -> Tensor:
+    r"""Sensitivity after ``idle`` unselected samples, starting from ``s0``.
+
+    .. math:: s = s_{max} - (s_{max} - s_0)\,(1 - 1/\tau)^{n}
+
+    Example:
+        >>> import torch
+        >>> idle_sensitivity(torch.tensor(1.0), torch.tensor(3), s_max=10.0, tau=2.0)
+        tensor(8.8750)
+    """
+    decay = torch.pow(torch.tensor(1.0 - 1.0 / tau, dtype=torch.float32, device=idle.device), idle.float())
+    return s_max - (s_max - s0) * decay
+
+
+def sensitivity_step(selected: Tensor, sensitivity: Tensor, s_max: float, tau: float) -> tuple[Tensor, Tensor]:
+    """Gradient factors for a batch of samples, in order, and the sensitivity after it.
+
+    A batch of B samples gives the factors and final state of B batches of one sample (up to float
+    rounding of the closed form), because each sample's factor depends only on how long the unit has
+    been idle and where that idle run started.
+
+    Args:
+        selected: ``(B, n)`` bool, whether unit ``j`` won in sample ``b`` (samples in time order).
+        sensitivity: ``(n,)`` the sensitivities before the batch.
+        s_max: the bound the sensitivity grows toward.
+        tau: the time constant, in samples.
+
+    Returns:
+        ``(factors, new_sensitivity)``: ``factors[b, j]`` is unit ``j``'s sensitivity just before sample
+        ``b`` where ``selected[b, j]`` (0 elsewhere); ``new_sensitivity`` the ``(n,)`` state after the batch.
+
+    Example:
+        >>> import torch
+        >>> sel = torch.tensor([[False], [False], [True]])
+        >>> factors, s = sensitivity_step(sel, torch.ones(1), s_max=10.0, tau=2.0)
+        >>> factors[2], s
+        (tensor([7.7500]), tensor([1.]))
+    """
+    samples, units = selected.nonzero(as_tuple=True)
+    values, new = sensitivity_step_at(samples, units, sensitivity, selected.shape[0], s_max, tau)
+    factors = torch.zeros(selected.shape, dtype=values.dtype, device=values.device)
+    return factors.index_put_((samples, units), values), new
+
+
+def sensitivity_step_at(
+    samples: Tensor, units: Tensor, sensitivity: Tensor, batch_size: int, s_max: float, tau: float
+) -> tuple[Tensor, Tensor]:
+    """:func:`sensitivity_step` for selections given as ``(sample, unit)`` pairs, each pair at most once.
+
+    Costs O(P log P) in the number of pairs P (B*k for top-k) instead of O(B*n).
+
+    Returns:
+        ``(factors, new_sensitivity)``: one factor per pair, in the order given, and the ``(n,)`` state.
+    """
+    order = torch.argsort(units * batch_size + samples)  # by unit, then by sample
+    unit, sample = units[order], samples[order]
+    previous = torch.cat([sample.new_full((1,), -1), sample[:-1]])
+    same_unit = torch.cat([unit.new_zeros(1, dtype=torch.bool), unit[1:] == unit[:-1]])
+    last_before = torch.where(same_unit, previous, -1)
+    sorted_factors = _since_last(last_before, sample, sensitivity[unit], s_max, tau)
+    factors = torch.empty_like(sorted_factors).index_copy_(0, order, sorted_factors)
+    last = torch.full_like(sensitivity, -1, dtype=samples.dtype).scatter_reduce_(0, units, samples, "amax")
+    final = _since_last(last, torch.tensor(batch_size, device=samples.device), sensitivity, s_max, tau)
+    return factors, final
+
+
+def _since_last(last: Tensor, now: Tensor, s_before: Tensor, s_max: float, tau: float) -> Tensor:
+    """Sensitivity at step ``now`` given the last selection step ``last`` (-1: none in this batch, so the
+    idle run started from ``s_before`` at step 0)."""
+    seen = last >= 0
+    idle = torch.where(seen, now - last - 1, now)
+    s0 = torch.where(seen, torch.ones_like(s_before), s_before)
+    return idle_sensitivity(s0, idle, s_max, tau)

@@ -1,0 +1,249 @@
+"""State and options shared by the k-sparse layers; subclasses only say how units map onto the input."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ksparse_pl.functional import (
+    boost_factors,
+    keep_masked,
+    keep_winners,
+    selection_scores,
+    sensitivity_step,
+    threshold_mask,
+    topk_indices,
+    update_duty_cycle,
+    winner_counts,
+)
+from ksparse_pl.functional._checks import (
+    check_at_least,
+    check_float_input,
+    check_k,
+    check_positive,
+    inference_k,
+    resolve_k,
+)
+
+# State that must keep full precision whatever dtype the module is cast to (``.half()``, "16-true").
+_FLOAT32_STATE = ("duty_cycle", "sensitivity", "boost_strength")
+
+
+class SparseActivation(nn.Module):
+    """Base of :class:`KSparse` and :class:`KSparse2d`: k, inference k, boosting, sensitivity and their state.
+
+    Buffers: ``duty_cycle`` and ``sensitivity`` (one per unit), ``boost_strength`` (scalar) and
+    ``samples_seen`` (training samples counted so far). ``k``, ``s_max`` and ``tau`` travel in the
+    module's extra state, so schedules that change them resume where they stopped.
+
+    Subclasses define the selection view: :meth:`_candidates` (the tensor whose ``_dim`` holds the
+    candidates, one sample per row), :meth:`_unit_ids` (winner index -> state unit), :meth:`_per_candidate`
+    (per-unit vector -> broadcastable over the candidates) and :meth:`_positions` (candidates per unit
+    per sample).
+    """
+
+    _dim: int = -1
+    duty_cycle: Tensor
+    sensitivity: Tensor
+    boost_strength: Tensor
+    samples_seen: Tensor
+
+    def __init__(
+        self,
+        units: int,
+        width: int,
+        k: int | None,
+        percent_on: float | None,
+        *,
+        default_percent_on: float | None,
+        k_inference_factor: float,
+        by_magnitude: bool,
+        relu: bool,
+        boost_strength: float,
+        boost_strength_factor: float,
+        duty_cycle_period: int,
+        sensitivity: bool,
+        s_max: float,
+        tau: float,
+        threshold_mode: bool,
+    ) -> None:
+        super().__init__()
+        self.units = units
+        self.width = width
+        self._k = resolve_k(width, k, percent_on, default_percent_on)
+        self.k_inference_factor = check_positive(k_inference_factor, "k_inference_factor")
+        self.by_magnitude = by_magnitude
+        self.relu = relu
+        self.boosting = check_at_least(boost_strength, 0.0, "boost_strength") > 0
+        self.boost_strength_factor = _check_factor(boost_strength_factor)
+        if isinstance(duty_cycle_period, bool) or not isinstance(duty_cycle_period, int) or duty_cycle_period < 1:
+            raise ValueError(f"Expected `duty_cycle_period` to be an int >= 1, but got {duty_cycle_period!r}.")
+        self.duty_cycle_period = duty_cycle_period
+        self.use_sensitivity = sensitivity
+        self._s_max = check_at_least(s_max, 1.0, "s_max")
+        self._tau = check_at_least(tau, 1.0, "tau")
+        self.threshold_mode = threshold_mode
+        self.register_buffer("duty_cycle", torch.zeros(units))
+        self.register_buffer("sensitivity", torch.ones(units))
+        self.register_buffer("boost_strength", torch.tensor(float(boost_strength)))
+        self.register_buffer("samples_seen", torch.tensor(0, dtype=torch.long))
+
+    # --- k and the scheduled settings -------------------------------------------------------------
+    @property
+    def k(self) -> int:
+        """Units kept per sample in training."""
+        return self._k
+
+    @k.setter
+    def k(self, value: int) -> None:
+        self._k = check_k(value, self.width)
+
+    @property
+    def k_inference(self) -> int:
+        """Units kept per sample in eval mode: ``min(width, round(k * k_inference_factor))``."""
+        return inference_k(self._k, self.k_inference_factor, self.width)
+
+    @property
+    def active_fraction(self) -> float:
+        """Share of the candidates kept in training, ``k / width`` (the next layer's effective fan-in ratio)."""
+        return self._k / self.width
+
+    @property
+    def s_max(self) -> float:
+        return self._s_max
+
+    @s_max.setter
+    def s_max(self, value: float) -> None:
+        self._s_max = check_at_least(value, 1.0, "s_max")
+
+    @property
+    def tau(self) -> float:
+        return self._tau
+
+    @tau.setter
+    def tau(self, value: float) -> None:
+        self._tau = check_at_least(value, 1.0, "tau")
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"k": self._k, "s_max": self._s_max, "tau": self._tau}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.k, self.s_max, self.tau = state["k"], state["s_max"], state["tau"]
+
+    def _apply(self, fn: Any, recurse: bool = True) -> SparseActivation:
+        super()._apply(fn, recurse)
+        for name in _FLOAT32_STATE:
+            buffer = getattr(self, name)
+            if buffer.dtype != torch.float32:
+                setattr(self, name, buffer.float())
+        return self
+
+    # --- forward -----------------------------------------------------------------------------------
+    def forward(self, x: Tensor) -> Tensor:
+        check_float_input(x)
+        self._check_shape(x)
+        candidates = self._candidates(x)
+        k = self._k if self.training else self.k_inference
+        boost = None
+        if self.boosting:
+            target = self._k / self.width
+            boost = self._per_candidate(boost_factors(self.duty_cycle, target, self.boost_strength))
+        scores = selection_scores(candidates, by_magnitude=self.by_magnitude, boost_factors=boost)
+        if self.threshold_mode:
+            out = self._forward_mask(candidates, threshold_mask(scores, k, dim=self._dim))
+        else:
+            out = self._forward_indices(candidates, topk_indices(scores, k, dim=self._dim))
+        return self._restore(out, x)
+
+    def _forward_indices(self, candidates: Tensor, indices: Tensor) -> Tensor:
+        if not self.training:
+            return keep_winners(candidates, indices, dim=self._dim, relu=self.relu)
+        unit_ids = self._unit_ids(indices)
+        grad_scale = self._winner_grad_scale(unit_ids) if self.use_sensitivity else None
+        self._update_duty_cycle(winner_counts(unit_ids, self.units) / self._positions(candidates), candidates.shape[0])
+        return keep_winners(candidates, indices, dim=self._dim, relu=self.relu, grad_scale=grad_scale)
+
+    def _forward_mask(self, candidates: Tensor, mask: Tensor) -> Tensor:
+        if not self.training:
+            return keep_masked(candidates, mask, relu=self.relu)
+        hits = self._hits_from_mask(mask)  # (S, units)
+        grad_scale = None
+        if self.use_sensitivity:
+            grad_scale = self._per_sample_per_candidate(self._sensitivity_factors(hits > 0))
+        self._update_duty_cycle(hits.sum(0) / self._positions(candidates), candidates.shape[0])
+        return keep_masked(candidates, mask, relu=self.relu, grad_scale=grad_scale)
+
+    # --- state updates (training only) -------------------------------------------------------------
+    def _update_duty_cycle(self, counts: Tensor, batch_size: int) -> None:
+        """``counts[j]``: samples in which unit ``j`` won, a fraction where it wins at only some positions."""
+        with torch.no_grad():
+            self.samples_seen += batch_size
+            new = update_duty_cycle(self.duty_cycle, counts, batch_size, self.samples_seen, self.duty_cycle_period)
+            self.duty_cycle.copy_(new)
+
+    def _sensitivity_factors(self, selected: Tensor) -> Tensor:
+        """(S, units) factors for (S, units) selections; updates the sensitivity."""
+        with torch.no_grad():
+            factors, new = sensitivity_step(selected, self.sensitivity, self._s_max, self._tau)
+            self.sensitivity.copy_(new)
+        return factors
+
+    def _winner_grad_scale(self, unit_ids: Tensor) -> Tensor:
+        """The sensitivity factor of every winner, shaped like ``unit_ids``; updates the sensitivity.
+
+        A unit may win at several positions of a sample (2D), so this goes through the (S, units) mask.
+        """
+        flat = unit_ids.reshape(unit_ids.shape[0], -1)  # (S, winners per sample)
+        selected = torch.zeros(flat.shape[0], self.units, dtype=torch.bool, device=flat.device).scatter_(1, flat, True)
+        return self._sensitivity_factors(selected).gather(1, flat).view_as(unit_ids)
+
+    # --- to be defined by subclasses ---------------------------------------------------------------
+    def _positions(self, candidates: Tensor) -> int:
+        """Candidates per unit per sample (1, or H*W for per-channel state)."""
+        raise NotImplementedError
+
+    def _check_shape(self, x: Tensor) -> None:
+        raise NotImplementedError
+
+    def _candidates(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _restore(self, out: Tensor, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _unit_ids(self, indices: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _per_candidate(self, per_unit: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _per_sample_per_candidate(self, per_sample_unit: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _hits_from_mask(self, mask: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        parts = [f"k={self._k}", f"k_inference={self.k_inference}"]
+        if self.by_magnitude:
+            parts.append("by_magnitude=True")
+        if self.relu:
+            parts.append("relu=True")
+        if self.boosting:
+            parts.append(
+                f"boost_strength={float(self.boost_strength):.4g}, boost_strength_factor={self.boost_strength_factor}, "
+                f"duty_cycle_period={self.duty_cycle_period}"
+            )
+        if self.use_sensitivity:
+            parts.append(f"sensitivity=True, s_max={self._s_max:g}, tau={self._tau:g}")
+        if self.threshold_mode:
+            parts.append("threshold_mode=True")
+        return ", ".join(parts)
+
+
+def _check_factor(value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ValueError(f"Expected `boost_strength_factor` to be a float in (0, 1], but got {value!r}.")
+    return float(value)

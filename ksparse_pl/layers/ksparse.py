@@ -1,0 +1,189 @@
+"""k-sparse (top-k) activation over the last dimension: Makhzani & Frey, Numenta's k-winners, Cottonwood."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ksparse_pl.functional import sensitivity_step_at
+from ksparse_pl.functional._checks import check_width
+from ksparse_pl.layers._base import SparseActivation
+
+
+class KSparse(SparseActivation):
+    r"""Keep the ``k`` largest of ``n`` units per sample, zero the rest.
+
+    Input ``(..., n)``; every leading index is one sample (for duty cycles and sensitivity, samples count
+    in row-major order). Exactly ``k`` winners per sample, ties included, unless ``threshold_mode``.
+
+    Args:
+        n: number of units (size of the last input dimension).
+        k: units kept per sample in training, in ``[1, n]``. Give this or ``percent_on``.
+        percent_on: share of units kept, in ``(0, 1]``; ``k = round(n * percent_on)``.
+        k_inference_factor: in eval mode keep ``min(n, round(k * k_inference_factor))`` units (Makhzani's
+            alpha, Numenta's k_inference_factor).
+        by_magnitude: rank by ``|x|`` and keep the signs (Cottonwood); default ranks by value.
+        relu: also zero negative winners (ReLU after top-k, as in OpenAI's TopK SAE).
+        boost_strength: :math:`\beta` of duty-cycle boosting; winners are chosen on
+            ``x * exp(beta * (k/n - duty_cycle))`` while the output keeps the unboosted values. ``0`` turns
+            boosting off for the life of the layer.
+        boost_strength_factor: what :class:`~ksparse_pl.callbacks.DutyCycleBoosting` multiplies
+            ``boost_strength`` by after each training epoch, in ``(0, 1]``.
+        duty_cycle_period: the duty cycle's averaging period, in samples.
+        sensitivity: multiply the gradient of a unit that wins after being idle by its sensitivity
+            (Cottonwood; see :func:`ksparse_pl.functional.sensitivity_step`).
+        s_max: the bound the sensitivity of an idle unit grows toward, ``>= 1``.
+        tau: the sensitivity's time constant in samples, ``>= 1``.
+        threshold_mode: keep every unit scoring at least the k-th score; faster on some shapes but ties
+            can leave more than ``k`` winners.
+
+    Non-finite input: NaN ranks above every number, so a NaN is always a winner and shows in the output
+    (never dropped into a clean-looking zero); ``inf`` is an ordinary large value.
+
+    Raises:
+        ValueError: ``k``/``percent_on`` missing, both given or out of range; an option out of its range;
+            an input whose last dimension is not ``n``.
+        TypeError: an input that is not a floating-point tensor.
+
+    Example:
+        >>> import torch
+        >>> layer = KSparse(4, k=2)
+        >>> layer(torch.tensor([[0.5, -3.0, 2.0, 1.0]]))
+        tensor([[0., 0., 2., 1.]])
+        >>> layer
+        KSparse(n=4, k=2, k_inference=2)
+    """
+
+    def __init__(
+        self,
+        n: int,
+        k: int | None = None,
+        *,
+        percent_on: float | None = None,
+        k_inference_factor: float = 1.0,
+        by_magnitude: bool = False,
+        relu: bool = False,
+        boost_strength: float = 0.0,
+        boost_strength_factor: float = 1.0,
+        duty_cycle_period: int = 1000,
+        sensitivity: bool = False,
+        s_max: float = 10.0,
+        tau: float = 100.0,
+        threshold_mode: bool = False,
+    ) -> None:
+        check_width(n, "n")
+        super().__init__(
+            n,
+            n,
+            k,
+            percent_on,
+            default_percent_on=self._default_percent_on,
+            k_inference_factor=k_inference_factor,
+            by_magnitude=by_magnitude,
+            relu=relu,
+            boost_strength=boost_strength,
+            boost_strength_factor=boost_strength_factor,
+            duty_cycle_period=duty_cycle_period,
+            sensitivity=sensitivity,
+            s_max=s_max,
+            tau=tau,
+            threshold_mode=threshold_mode,
+        )
+
+    _default_percent_on: float | None = None
+
+    @property
+    def n(self) -> int:
+        return self.units
+
+    def _check_shape(self, x: Tensor) -> None:
+        if x.dim() < 1 or x.shape[-1] != self.units:
+            raise ValueError(
+                f"Expected input of shape (..., n={self.units}) for {type(self).__name__}, but got {tuple(x.shape)}."
+            )
+
+    def _candidates(self, x: Tensor) -> Tensor:
+        return x.reshape(-1, self.units)  # (..., n) -> (S, n)
+
+    def _restore(self, out: Tensor, x: Tensor) -> Tensor:
+        return out.view(x.shape)
+
+    def _positions(self, candidates: Tensor) -> int:
+        return 1
+
+    def _unit_ids(self, indices: Tensor) -> Tensor:
+        return indices
+
+    def _winner_grad_scale(self, unit_ids: Tensor) -> Tensor:
+        # Each unit wins at most once per sample here, so the O(B*k) pair form applies.
+        samples, k = unit_ids.shape
+        sample_ids = torch.arange(samples, device=unit_ids.device).repeat_interleave(k)
+        with torch.no_grad():
+            factors, new = sensitivity_step_at(
+                sample_ids, unit_ids.reshape(-1), self.sensitivity, samples, self._s_max, self._tau
+            )
+            self.sensitivity.copy_(new)
+        return factors.view(samples, k)
+
+    def _per_candidate(self, per_unit: Tensor) -> Tensor:
+        return per_unit
+
+    def _per_sample_per_candidate(self, per_sample_unit: Tensor) -> Tensor:
+        return per_sample_unit
+
+    def _hits_from_mask(self, mask: Tensor) -> Tensor:
+        return mask.float()
+
+    def extra_repr(self) -> str:
+        return f"n={self.units}, " + super().extra_repr()
+
+
+class KWinners(KSparse):
+    """:class:`KSparse` with Numenta's defaults ("How Can We Be So Dense?").
+
+    ``percent_on=0.1`` when neither ``k`` nor ``percent_on`` is given, ``boost_strength=1.0``,
+    ``boost_strength_factor=0.9``, ``k_inference_factor=1.5``, ``duty_cycle_period=1000``.
+
+    Example:
+        >>> import torch
+        >>> layer = KWinners(20)
+        >>> (layer(torch.randn(3, 20)) != 0).sum(dim=1)
+        tensor([2, 2, 2])
+        >>> layer.k, layer.k_inference
+        (2, 3)
+    """
+
+    _default_percent_on = 0.1
+
+    def __init__(
+        self,
+        n: int,
+        k: int | None = None,
+        *,
+        percent_on: float | None = None,
+        k_inference_factor: float = 1.5,
+        by_magnitude: bool = False,
+        relu: bool = False,
+        boost_strength: float = 1.0,
+        boost_strength_factor: float = 0.9,
+        duty_cycle_period: int = 1000,
+        sensitivity: bool = False,
+        s_max: float = 10.0,
+        tau: float = 100.0,
+        threshold_mode: bool = False,
+    ) -> None:
+        super().__init__(
+            n,
+            k,
+            percent_on=percent_on,
+            k_inference_factor=k_inference_factor,
+            by_magnitude=by_magnitude,
+            relu=relu,
+            boost_strength=boost_strength,
+            boost_strength_factor=boost_strength_factor,
+            duty_cycle_period=duty_cycle_period,
+            sensitivity=sensitivity,
+            s_max=s_max,
+            tau=tau,
+            threshold_mode=threshold_mode,
+        )

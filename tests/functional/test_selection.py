@@ -1,0 +1,77 @@
+import pytest
+import torch
+
+from ksparse_pl.functional import k_sparse, keep_masked, selection_scores, threshold_mask, topk_indices
+
+
+def reference_k_sparse(x: torch.Tensor, k: int, by_magnitude: bool = False, relu: bool = False) -> torch.Tensor:
+    """Slow, obviously correct: sort each row and keep the first k positions."""
+    out = torch.zeros_like(x)
+    for r, row in enumerate(x):
+        order = sorted(range(len(row)), key=lambda j: -(abs(row[j]) if by_magnitude else row[j]).item())
+        for j in order[:k]:
+            out[r, j] = max(row[j], 0) if relu else row[j]
+    return out
+
+
+@pytest.mark.parametrize("k", [1, 3, 10], ids=lambda k: f"k={k}")
+@pytest.mark.parametrize("by_magnitude", [False, True], ids=["by_value", "by_magnitude"])
+@pytest.mark.parametrize("relu", [False, True], ids=["signed", "relu"])
+def test_k_sparse_matches_reference(k: int, by_magnitude: bool, relu: bool) -> None:
+    x = torch.randn(6, 10)
+    expected = reference_k_sparse(x, k, by_magnitude, relu)
+    torch.testing.assert_close(k_sparse(x, k, by_magnitude=by_magnitude, relu=relu), expected)
+
+
+def test_exactly_k_winners_with_ties() -> None:
+    x = torch.ones(4, 9)
+    x[1, :] = 0.0
+    out = k_sparse(x, 3)
+    indices = topk_indices(selection_scores(x), 3)
+    assert indices.shape == (4, 3)
+    assert ((out != 0).sum(dim=1)[[0, 2, 3]] == 3).all()
+    # The same tied input always picks the same winners.
+    torch.testing.assert_close(k_sparse(x, 3), out)
+
+
+def test_threshold_mode_keeps_ties() -> None:
+    x = torch.tensor([[3.0, 2.0, 2.0, 2.0, 1.0]])
+    assert threshold_mask(x, 2).tolist() == [[True, True, True, True, False]]
+
+
+def test_by_magnitude_keeps_signs() -> None:
+    x = torch.tensor([[0.5, -3.0, 2.0, 1.0]])
+    assert k_sparse(x, 2, by_magnitude=True).tolist() == [[0.0, -3.0, 2.0, 0.0]]
+
+
+def test_relu_drops_negative_winners() -> None:
+    x = torch.tensor([[-0.5, -3.0, -2.0, 1.0]])
+    assert k_sparse(x, 2, relu=True).tolist() == [[0.0, 0.0, 0.0, 1.0]]
+
+
+def test_gradient_only_through_winners() -> None:
+    x = torch.tensor([[0.5, -3.0, 2.0, 1.0]], requires_grad=True)
+    (k_sparse(x, 2) * torch.tensor([10.0, 20.0, 30.0, 40.0])).sum().backward()
+    assert x.grad.tolist() == [[0.0, 0.0, 30.0, 40.0]]
+
+
+def test_dim_argument() -> None:
+    x = torch.randn(3, 7, 5)
+    torch.testing.assert_close(k_sparse(x, 2, dim=1), k_sparse(x.transpose(1, 2), 2).transpose(1, 2))
+
+
+def test_nan_is_never_dropped() -> None:
+    x = torch.tensor([[1.0, float("nan"), 0.5, 0.2]])
+    assert k_sparse(x, 1).isnan().any()
+    assert keep_masked(x, threshold_mask(x, 1)).isnan().any()
+
+
+@pytest.mark.parametrize("k", [0, -1, 5, 2.0, True], ids=repr)
+def test_bad_k(k: object) -> None:
+    with pytest.raises(ValueError, match=r"`k` to be an int in \[1, 4\].*" + repr(k).replace(".", r"\.")):
+        k_sparse(torch.randn(2, 4), k)  # type: ignore[arg-type]
+
+
+def test_integer_input() -> None:
+    with pytest.raises(TypeError, match="floating-point.*torch.int64"):
+        k_sparse(torch.ones(2, 4, dtype=torch.long), 2)

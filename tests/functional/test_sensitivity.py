@@ -1,0 +1,48 @@
+import pytest
+import torch
+
+from ksparse_pl.functional import idle_sensitivity, sensitivity_step
+
+
+@pytest.mark.parametrize("idle", [0, 1, 3, 7])
+def test_idle_unit_factor_is_the_closed_form(idle: int) -> None:
+    s_max, tau = 10.0, 2.0
+    selected = torch.zeros(idle + 1, 1, dtype=torch.bool)
+    selected[idle] = True
+    factors, final = sensitivity_step(selected, torch.ones(1), s_max, tau)
+    assert factors[idle].item() == pytest.approx(s_max - (s_max - 1) * (1 - 1 / tau) ** idle)
+    assert final.item() == 1.0  # reset after the selection
+
+
+def test_never_selected_grows_toward_s_max() -> None:
+    _, final = sensitivity_step(torch.zeros(5, 1, dtype=torch.bool), torch.tensor([2.0]), 10.0, 4.0)
+    assert final.item() == pytest.approx(10 - 8 * 0.75**5)
+
+
+def test_idle_run_starts_from_the_carried_state() -> None:
+    selected = torch.tensor([[False], [True]])
+    factors, _ = sensitivity_step(selected, torch.tensor([4.0]), 10.0, 2.0)
+    assert factors[1].item() == pytest.approx(10 - 6 * 0.5)
+
+
+def step_one_sample_at_a_time(selected: torch.Tensor, s: torch.Tensor, s_max: float, tau: float):
+    """Reference: the recurrence, one sample per step."""
+    factors = []
+    for row in selected:
+        factors.append(s.clone())
+        s = torch.where(row, torch.ones_like(s), s_max - (s_max - s) * (1 - 1 / tau))
+    return torch.stack(factors), s
+
+
+@pytest.mark.parametrize("density", [0.05, 0.3, 0.9])
+def test_batch_equals_batches_of_one(density: float) -> None:
+    selected = torch.rand(64, 50) < density
+    s0 = 1 + 9 * torch.rand(50)
+    factors, final = sensitivity_step(selected, s0, 10.0, 7.0)
+    ref_factors, ref_final = step_one_sample_at_a_time(selected, s0, 10.0, 7.0)
+    torch.testing.assert_close(factors[selected], ref_factors[selected])
+    torch.testing.assert_close(final, ref_final)
+
+
+def test_idle_sensitivity_closed_form() -> None:
+    assert idle_sensitivity(torch.tensor(1.0), torch.tensor(3), 10.0, 2.0).item() == 8.875
