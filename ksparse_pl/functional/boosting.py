@@ -25,8 +25,8 @@ def boost_factors(duty_cycle: Tensor, target_density: float, boost_strength: Ten
 
 
 def winner_counts(indices: Tensor, n: int) -> Tensor:
-    """How many times each of the ``n`` units appears in ``indices`` (any shape), as float32."""
-    return torch.bincount(indices.reshape(-1), minlength=n).to(torch.float32)
+    """How many times each of the ``n`` units appears in ``indices`` (any shape), as int64."""
+    return torch.bincount(indices.reshape(-1), minlength=n)
 
 
 def update_duty_cycle(

@@ -34,9 +34,11 @@ _FLOAT32_STATE = ("duty_cycle", "sensitivity", "boost_strength")
 class SparseActivation(nn.Module):
     """Base of :class:`KSparse` and :class:`KSparse2d`: k, inference k, boosting, sensitivity and their state.
 
-    Buffers: ``duty_cycle`` and ``sensitivity`` (one per unit), ``boost_strength`` (scalar) and
-    ``samples_seen`` (training samples counted so far). ``k``, ``s_max`` and ``tau`` travel in the
-    module's extra state, so schedules that change them resume where they stopped.
+    Buffers: ``duty_cycle`` and ``sensitivity`` (one per unit), ``boost_strength`` (scalar),
+    ``samples_seen`` (training samples counted so far) and ``selection_count`` (per unit, how many
+    times it won in training, positions counted separately for 2D; cumulative, for usage statistics).
+    ``k``, ``s_max`` and ``tau`` travel in the module's extra state, so schedules that change them
+    resume where they stopped.
 
     Subclasses define the selection view: :meth:`_candidates` (the tensor whose ``_dim`` holds the
     candidates, one sample per row), :meth:`_unit_ids` (winner index -> state unit), :meth:`_per_candidate`
@@ -49,6 +51,7 @@ class SparseActivation(nn.Module):
     sensitivity: Tensor
     boost_strength: Tensor
     samples_seen: Tensor
+    selection_count: Tensor
 
     def __init__(
         self,
@@ -89,6 +92,7 @@ class SparseActivation(nn.Module):
         self.register_buffer("sensitivity", torch.ones(units))
         self.register_buffer("boost_strength", torch.tensor(float(boost_strength)))
         self.register_buffer("samples_seen", torch.tensor(0, dtype=torch.long))
+        self.register_buffer("selection_count", torch.zeros(units, dtype=torch.long))
 
     # --- k and the scheduled settings -------------------------------------------------------------
     @property
@@ -162,7 +166,7 @@ class SparseActivation(nn.Module):
             return keep_winners(candidates, indices, dim=self._dim, relu=self.relu)
         unit_ids = self._unit_ids(indices)
         grad_scale = self._winner_grad_scale(unit_ids) if self.use_sensitivity else None
-        self._update_duty_cycle(winner_counts(unit_ids, self.units) / self._positions(candidates), candidates.shape[0])
+        self._update_usage(winner_counts(unit_ids, self.units), candidates)
         return keep_winners(candidates, indices, dim=self._dim, relu=self.relu, grad_scale=grad_scale)
 
     def _forward_mask(self, candidates: Tensor, mask: Tensor) -> Tensor:
@@ -172,15 +176,19 @@ class SparseActivation(nn.Module):
         grad_scale = None
         if self.use_sensitivity:
             grad_scale = self._per_sample_per_candidate(self._sensitivity_factors(hits > 0))
-        self._update_duty_cycle(hits.sum(0) / self._positions(candidates), candidates.shape[0])
+        self._update_usage(hits.sum(0).long(), candidates)
         return keep_masked(candidates, mask, relu=self.relu, grad_scale=grad_scale)
 
     # --- state updates (training only) -------------------------------------------------------------
-    def _update_duty_cycle(self, counts: Tensor, batch_size: int) -> None:
-        """``counts[j]``: samples in which unit ``j`` won, a fraction where it wins at only some positions."""
+    def _update_usage(self, counts: Tensor, candidates: Tensor) -> None:
+        """``counts[j]``: how often unit ``j`` won in the batch (at any position)."""
+        batch_size = candidates.shape[0]
         with torch.no_grad():
+            self.selection_count += counts
             self.samples_seen += batch_size
-            new = update_duty_cycle(self.duty_cycle, counts, batch_size, self.samples_seen, self.duty_cycle_period)
+            # A unit winning at a share of a sample's positions counts as that share of a sample.
+            per_sample = counts.float() / self._positions(candidates)
+            new = update_duty_cycle(self.duty_cycle, per_sample, batch_size, self.samples_seen, self.duty_cycle_period)
             self.duty_cycle.copy_(new)
 
     def _sensitivity_factors(self, selected: Tensor) -> Tensor:

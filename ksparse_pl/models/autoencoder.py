@@ -81,9 +81,17 @@ class SparseAutoencoder(pl.LightningModule):
             s_max=s_max,
             tau=tau,
         )
-        self.decoder_bias = nn.Parameter(torch.zeros(input_dim))
-        # Untied decoders start as the encoder's transpose (Gao et al.), then train on their own.
-        self.decoder_weight = None if tied_weights else nn.Parameter(self.encoder.weight.detach().t().clone())
+        # A tied decoder is the encoder's weight transposed with a bias of its own; an untied one is a Linear
+        # layer (so initializers and LSUV see it) that starts as the encoder's transpose (Gao et al.).
+        self.decoder: nn.Linear | None = None
+        self.decoder_bias: nn.Parameter | None = None
+        if tied_weights:
+            self.decoder_bias = nn.Parameter(torch.zeros(input_dim))
+        else:
+            self.decoder = nn.Linear(hidden_dim, input_dim)
+            with torch.no_grad():
+                self.decoder.weight.copy_(self.encoder.weight.t())
+                self.decoder.bias.zero_()
         self.val_fvu = FractionOfVarianceUnexplained()
         self.test_fvu = FractionOfVarianceUnexplained()
 
@@ -102,8 +110,9 @@ class SparseAutoencoder(pl.LightningModule):
 
     def decode(self, z: Tensor) -> Tensor:
         """The flat reconstruction ``(B, input_dim)`` of codes ``(B, hidden_dim)``."""
-        weight = self.encoder.weight.t() if self.decoder_weight is None else self.decoder_weight
-        return F.linear(z, weight, self.decoder_bias)  # weight: (input_dim, hidden_dim)
+        if self.decoder is not None:
+            return self.decoder(z)
+        return F.linear(z, self.encoder.weight.t(), self.decoder_bias)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.decode(self.encode(x)).view(x.shape)

@@ -35,4 +35,4 @@ def test_batch_larger_than_period_takes_the_batch_rate() -> None:
 
 
 def test_winner_counts() -> None:
-    assert winner_counts(torch.tensor([[0, 2], [2, 3]]), 5).tolist() == [1.0, 0.0, 2.0, 1.0, 0.0]
+    assert winner_counts(torch.tensor([[0, 2], [2, 3]]), 5).tolist() == [1, 0, 2, 1, 0]

@@ -22,7 +22,7 @@ def test_eval_uses_k_inference_factor() -> None:
 
 def test_tied_weights_share_the_encoder_weight() -> None:
     model = SparseAutoencoder(16, 32, k=4, tied_weights=True)
-    assert model.decoder_weight is None
+    assert model.decoder is None
     model(torch.rand(2, 16)).sum().backward()
     assert model.encoder.weight.grad is not None
     n_params = sum(p.numel() for p in model.parameters())
@@ -31,7 +31,7 @@ def test_tied_weights_share_the_encoder_weight() -> None:
 
 def test_untied_decoder_starts_as_encoder_transpose() -> None:
     model = SparseAutoencoder(16, 32, k=4)
-    assert torch.equal(model.decoder_weight, model.encoder.weight.t())
+    assert torch.equal(model.decoder.weight, model.encoder.weight.t())
 
 
 def test_wrong_input_size() -> None:
