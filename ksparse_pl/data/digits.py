@@ -8,6 +8,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, TensorDataset
 
+from ksparse_pl.data._sampler import EpochRandomSampler
 from ksparse_pl.data._split import check_split_fractions
 
 
@@ -15,7 +16,8 @@ class DigitsDataModule(pl.LightningDataModule):
     """The UCI 8x8 digits bundled with scikit-learn, pixels scaled to [0, 1], as ``(x, label)`` batches.
 
     The train/val/test split is stratified by label and fixed by ``seed``, so every run and every
-    process sees the same split.
+    process sees the same split; the training order of each epoch depends only on ``seed`` and the
+    epoch, so a resumed run sees the batches the uninterrupted run saw.
 
     Args:
         batch_size: samples per batch.
@@ -79,11 +81,11 @@ class DigitsDataModule(pl.LightningDataModule):
         self.val_set = TensorDataset(x[val_idx], y[val_idx])
         self.test_set = TensorDataset(x[test_idx], y[test_idx])
 
-    def _loader(self, dataset: TensorDataset, shuffle: bool = False) -> DataLoader:
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers)
+    def _loader(self, dataset: TensorDataset, sampler: EpochRandomSampler | None = None) -> DataLoader:
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+        return self._loader(self.train_set, EpochRandomSampler(self.train_set, seed=self.seed))
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set)

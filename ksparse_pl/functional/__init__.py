@@ -14,16 +14,28 @@ from ksparse_pl.functional.selection import (
     threshold_mask,
     topk_indices,
 )
-from ksparse_pl.functional.sensitivity import idle_sensitivity, sensitivity_step, sensitivity_step_at
+from ksparse_pl.functional.sensitivity import (
+    idle_sensitivity,
+    last_selected,
+    sensitivity_across,
+    sensitivity_after,
+    sensitivity_factors_at,
+    sensitivity_step,
+    sensitivity_step_at,
+)
 
 __all__ = [
     "boost_factors",
     "idle_sensitivity",
     "k_sparse",
+    "last_selected",
     "keep_masked",
     "keep_winners",
     "scale_grad",
     "selection_scores",
+    "sensitivity_across",
+    "sensitivity_after",
+    "sensitivity_factors_at",
     "sensitivity_step",
     "sensitivity_step_at",
     "threshold_mask",

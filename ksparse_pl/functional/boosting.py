@@ -30,7 +30,7 @@ def winner_counts(indices: Tensor, n: int) -> Tensor:
 
 
 def update_duty_cycle(
-    duty_cycle: Tensor, counts: Tensor, batch_size: int, samples_seen: int | Tensor, period: int
+    duty_cycle: Tensor, counts: Tensor, batch_size: int | Tensor, samples_seen: int | Tensor, period: int
 ) -> Tensor:
     r"""The duty cycle after a batch of ``batch_size`` samples in which unit ``j`` won ``counts[j]`` times.
 

@@ -65,16 +65,68 @@ def sensitivity_step_at(
     Returns:
         ``(factors, new_sensitivity)``: one factor per pair, in the order given, and the ``(n,)`` state.
     """
+    factors = sensitivity_factors_at(samples, units, sensitivity, batch_size, s_max, tau)
+    last = last_selected(samples, units, sensitivity.shape[0])
+    return factors, sensitivity_after(last, batch_size, sensitivity, s_max, tau)
+
+
+def sensitivity_factors_at(
+    samples: Tensor, units: Tensor, sensitivity: Tensor, batch_size: int, s_max: float, tau: float
+) -> Tensor:
+    """The factor of every ``(sample, unit)`` selection pair, in the order given (see :func:`sensitivity_step_at`)."""
     order = torch.argsort(units * batch_size + samples)  # by unit, then by sample
     unit, sample = units[order], samples[order]
     previous = torch.cat([sample.new_full((1,), -1), sample[:-1]])
     same_unit = torch.cat([unit.new_zeros(1, dtype=torch.bool), unit[1:] == unit[:-1]])
     last_before = torch.where(same_unit, previous, -1)
     sorted_factors = _since_last(last_before, sample, sensitivity[unit], s_max, tau)
-    factors = torch.empty_like(sorted_factors).index_copy_(0, order, sorted_factors)
-    last = torch.full_like(sensitivity, -1, dtype=samples.dtype).scatter_reduce_(0, units, samples, "amax")
-    final = _since_last(last, torch.tensor(batch_size, device=samples.device), sensitivity, s_max, tau)
-    return factors, final
+    return torch.empty_like(sorted_factors).index_copy_(0, order, sorted_factors)
+
+
+def last_selected(samples: Tensor, units: Tensor, n: int) -> Tensor:
+    """``(n,)`` the last sample index at which each unit was selected, -1 where it never was.
+
+    Example:
+        >>> import torch
+        >>> last_selected(torch.tensor([0, 2, 1]), torch.tensor([1, 1, 0]), 3)
+        tensor([ 1,  2, -1])
+    """
+    return torch.full((n,), -1, dtype=samples.dtype, device=samples.device).scatter_reduce_(0, units, samples, "amax")
+
+
+def sensitivity_after(last: Tensor, batch_size: int | Tensor, sensitivity: Tensor, s_max: float, tau: float) -> Tensor:
+    """``(n,)`` sensitivity after a batch of ``batch_size`` samples whose last selections are ``last``."""
+    return _since_last(last, torch.as_tensor(batch_size, device=last.device), sensitivity, s_max, tau)
+
+
+def sensitivity_across(
+    last: Tensor, sizes: Tensor, rank: int, sensitivity: Tensor, s_max: float, tau: float
+) -> tuple[Tensor, Tensor]:
+    """Sensitivity when one global batch is split across processes, the global order being rank order.
+
+    Args:
+        last: ``(R, n)`` each process's :func:`last_selected`, in its own sample indices.
+        sizes: ``(R,)`` each process's number of samples.
+        rank: this process.
+        sensitivity: ``(n,)`` the (identical) state before the global batch.
+
+    Returns:
+        ``(start, final)``: the sensitivity at this process's first sample (after the samples of the ranks
+        before it) and the state after the whole global batch, as one process would compute them.
+
+    Example:
+        >>> import torch
+        >>> last = torch.tensor([[-1], [0]])  # rank 0: unit idle for 2 samples; rank 1 selects it first
+        >>> start, final = sensitivity_across(last, torch.tensor([2, 3]), 1, torch.ones(1), 10.0, 2.0)
+        >>> start, final
+        (tensor([7.7500]), tensor([7.7500]))
+    """
+    offsets = torch.cumsum(sizes, 0) - sizes
+    global_last = torch.where(last >= 0, last + offsets.unsqueeze(1), -1)  # (R, n) in global sample indices
+    before = global_last[:rank].amax(0) if rank > 0 else torch.full_like(global_last[0], -1)
+    start = _since_last(before, offsets[rank], sensitivity, s_max, tau)
+    final = _since_last(global_last.amax(0), sizes.sum(), sensitivity, s_max, tau)
+    return start, final
 
 
 def _since_last(last: Tensor, now: Tensor, s_before: Tensor, s_max: float, tau: float) -> Tensor:

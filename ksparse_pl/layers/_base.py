@@ -11,8 +11,10 @@ from ksparse_pl.functional import (
     boost_factors,
     keep_masked,
     keep_winners,
+    last_selected,
     selection_scores,
-    sensitivity_step,
+    sensitivity_across,
+    sensitivity_factors_at,
     threshold_mask,
     topk_indices,
     update_duty_cycle,
@@ -26,6 +28,7 @@ from ksparse_pl.functional._checks import (
     inference_k,
     resolve_k,
 )
+from ksparse_pl.layers._distributed import gather_statistics
 
 # State that must keep full precision whatever dtype the module is cast to (``.half()``, "16-true").
 _FLOAT32_STATE = ("duty_cycle", "sensitivity", "boost_strength")
@@ -165,47 +168,74 @@ class SparseActivation(nn.Module):
         if not self.training:
             return keep_winners(candidates, indices, dim=self._dim, relu=self.relu)
         unit_ids = self._unit_ids(indices)
-        grad_scale = self._winner_grad_scale(unit_ids) if self.use_sensitivity else None
-        self._update_usage(winner_counts(unit_ids, self.units), candidates)
+        pairs = self._pairs_from_ids(unit_ids) if self.use_sensitivity else None
+        factors = self._update_state(winner_counts(unit_ids, self.units), candidates, pairs)
+        grad_scale = None if factors is None or pairs is None else self._scale_from_ids(factors, pairs, unit_ids)
         return keep_winners(candidates, indices, dim=self._dim, relu=self.relu, grad_scale=grad_scale)
 
     def _forward_mask(self, candidates: Tensor, mask: Tensor) -> Tensor:
         if not self.training:
             return keep_masked(candidates, mask, relu=self.relu)
         hits = self._hits_from_mask(mask)  # (S, units)
+        pairs = _pairs_of(hits > 0) if self.use_sensitivity else None
+        factors = self._update_state(hits.sum(0).long(), candidates, pairs)
         grad_scale = None
-        if self.use_sensitivity:
-            grad_scale = self._per_sample_per_candidate(self._sensitivity_factors(hits > 0))
-        self._update_usage(hits.sum(0).long(), candidates)
+        if factors is not None and pairs is not None:
+            grad_scale = self._per_sample_per_candidate(_dense(factors, pairs, hits.shape))
         return keep_masked(candidates, mask, relu=self.relu, grad_scale=grad_scale)
 
     # --- state updates (training only) -------------------------------------------------------------
-    def _update_usage(self, counts: Tensor, candidates: Tensor) -> None:
-        """``counts[j]``: how often unit ``j`` won in the batch (at any position)."""
-        batch_size = candidates.shape[0]
+    def _update_state(self, counts: Tensor, candidates: Tensor, pairs: tuple[Tensor, Tensor] | None) -> Tensor | None:
+        """Update the state with this batch, seen as part of the global batch of all processes.
+
+        ``counts[j]``: how often unit ``j`` won in this process's batch (at any position); ``pairs``: the
+        ``(sample, unit)`` selections, for sensitivity. Under ``torch.distributed`` the counts are summed
+        and the sensitivity arithmetic runs over the processes' samples in rank order, so every rank
+        ends with the state one process would have over the global batch. The buffers are replaced rather
+        than written in place: under ``ddp_spawn`` on CPU the processes' initial tensors share memory.
+
+        Returns:
+            The sensitivity factor of every pair (None without sensitivity).
+        """
+        if getattr(self, "_is_replica", False):
+            raise RuntimeError(
+                f"{type(self).__name__} cannot keep its training statistics under nn.DataParallel (its replicas "
+                "are discarded after each forward); use DistributedDataParallel (Lightning strategy='ddp')."
+            )
+        batch = candidates.shape[0]
         with torch.no_grad():
-            self.selection_count += counts
-            self.samples_seen += batch_size
+            last = last_selected(*pairs, self.units) if pairs is not None else counts.new_empty(0)
+            local = torch.cat([counts, last, counts.new_tensor([batch])])
+            gathered, rank = gather_statistics(local)  # (R, n + len(last) + 1)
+            sizes = gathered[:, -1]
+            total = sizes.sum()
+            factors = None
+            if pairs is not None:
+                start, final = sensitivity_across(
+                    gathered[:, self.units : 2 * self.units], sizes, rank, self.sensitivity, self._s_max, self._tau
+                )
+                factors = sensitivity_factors_at(*pairs, start, batch, self._s_max, self._tau)
+                self.sensitivity = final
+            counts = gathered[:, : self.units].sum(0)
+            self.selection_count = self.selection_count + counts
+            self.samples_seen = self.samples_seen + total
             # A unit winning at a share of a sample's positions counts as that share of a sample.
             per_sample = counts.float() / self._positions(candidates)
-            new = update_duty_cycle(self.duty_cycle, per_sample, batch_size, self.samples_seen, self.duty_cycle_period)
-            self.duty_cycle.copy_(new)
-
-    def _sensitivity_factors(self, selected: Tensor) -> Tensor:
-        """(S, units) factors for (S, units) selections; updates the sensitivity."""
-        with torch.no_grad():
-            factors, new = sensitivity_step(selected, self.sensitivity, self._s_max, self._tau)
-            self.sensitivity.copy_(new)
+            self.duty_cycle = update_duty_cycle(
+                self.duty_cycle, per_sample, total, self.samples_seen, self.duty_cycle_period
+            )
         return factors
 
-    def _winner_grad_scale(self, unit_ids: Tensor) -> Tensor:
-        """The sensitivity factor of every winner, shaped like ``unit_ids``; updates the sensitivity.
-
-        A unit may win at several positions of a sample (2D), so this goes through the (S, units) mask.
-        """
+    def _pairs_from_ids(self, unit_ids: Tensor) -> tuple[Tensor, Tensor]:
+        """``(sample, unit)`` pairs of the selections, each once (a unit may win at several positions)."""
         flat = unit_ids.reshape(unit_ids.shape[0], -1)  # (S, winners per sample)
         selected = torch.zeros(flat.shape[0], self.units, dtype=torch.bool, device=flat.device).scatter_(1, flat, True)
-        return self._sensitivity_factors(selected).gather(1, flat).view_as(unit_ids)
+        return _pairs_of(selected)
+
+    def _scale_from_ids(self, factors: Tensor, pairs: tuple[Tensor, Tensor], unit_ids: Tensor) -> Tensor:
+        """Per-pair factors -> the factor of every winner, shaped like ``unit_ids``."""
+        flat = unit_ids.reshape(unit_ids.shape[0], -1)
+        return _dense(factors, pairs, (flat.shape[0], self.units)).gather(1, flat).view_as(unit_ids)
 
     # --- to be defined by subclasses ---------------------------------------------------------------
     def _positions(self, candidates: Tensor) -> int:
@@ -249,6 +279,17 @@ class SparseActivation(nn.Module):
         if self.threshold_mode:
             parts.append("threshold_mode=True")
         return ", ".join(parts)
+
+
+def _pairs_of(selected: Tensor) -> tuple[Tensor, Tensor]:
+    """``(sample, unit)`` index pairs where the ``(S, units)`` mask is set, sorted by sample."""
+    samples, units = selected.nonzero(as_tuple=True)
+    return samples, units
+
+
+def _dense(values: Tensor, pairs: tuple[Tensor, Tensor], shape: tuple[int, int] | torch.Size) -> Tensor:
+    """An ``(S, units)`` tensor holding ``values`` at the ``(sample, unit)`` pairs, 0 elsewhere."""
+    return torch.zeros(tuple(shape), dtype=values.dtype, device=values.device).index_put_(pairs, values)
 
 
 def _check_factor(value: float) -> float:

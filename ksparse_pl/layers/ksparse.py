@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ksparse_pl.functional import sensitivity_step_at
 from ksparse_pl.functional._checks import check_width
 from ksparse_pl.layers._base import SparseActivation
 
@@ -114,16 +113,13 @@ class KSparse(SparseActivation):
     def _unit_ids(self, indices: Tensor) -> Tensor:
         return indices
 
-    def _winner_grad_scale(self, unit_ids: Tensor) -> Tensor:
-        # Each unit wins at most once per sample here, so the O(B*k) pair form applies.
+    def _pairs_from_ids(self, unit_ids: Tensor) -> tuple[Tensor, Tensor]:
+        # Each unit wins at most once per sample here: the winners are the pairs, no (S, n) mask needed.
         samples, k = unit_ids.shape
-        sample_ids = torch.arange(samples, device=unit_ids.device).repeat_interleave(k)
-        with torch.no_grad():
-            factors, new = sensitivity_step_at(
-                sample_ids, unit_ids.reshape(-1), self.sensitivity, samples, self._s_max, self._tau
-            )
-            self.sensitivity.copy_(new)
-        return factors.view(samples, k)
+        return torch.arange(samples, device=unit_ids.device).repeat_interleave(k), unit_ids.reshape(-1)
+
+    def _scale_from_ids(self, factors: Tensor, pairs: tuple[Tensor, Tensor], unit_ids: Tensor) -> Tensor:
+        return factors.view_as(unit_ids)
 
     def _per_candidate(self, per_unit: Tensor) -> Tensor:
         return per_unit

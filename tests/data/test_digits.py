@@ -53,3 +53,17 @@ def test_images_and_range() -> None:
 def test_bad_arguments(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         DigitsDataModule(**kwargs)
+
+
+def test_training_order_depends_only_on_seed_and_epoch() -> None:
+    def order(epoch: int, seed: int = 0) -> list[int]:
+        dm = DigitsDataModule(seed=seed)
+        dm.setup("fit")
+        sampler = dm.train_dataloader().sampler
+        sampler.set_epoch(epoch)
+        return list(sampler)
+
+    assert order(3) == order(3)  # a fresh datamodule (a resumed run) replays epoch 3
+    assert order(3) != order(2)
+    assert order(3) != order(3, seed=1)
+    assert sorted(order(0)) == list(range(1257))

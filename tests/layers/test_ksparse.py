@@ -237,3 +237,12 @@ def test_k_winners_of_value_math() -> None:
     # 5% of 4096 is 205 (round), the benchmark shape
     assert KSparse(4096, percent_on=0.05).k == round(4096 * 0.05) == 205
     assert math.isclose(KSparse(4096, percent_on=0.05).active_fraction, 205 / 4096)
+
+
+def test_data_parallel_replicas_are_refused() -> None:
+    """nn.DataParallel discards its replicas' buffers after each forward: statistics would be lost."""
+    layer = KWinners(16)
+    layer._is_replica = True  # what nn.DataParallel's replicate() sets on GPU replicas
+    with pytest.raises(RuntimeError, match="KWinners cannot keep its training statistics under nn.DataParallel"):
+        layer(torch.randn(4, 16))
+    layer.eval()(torch.randn(4, 16))  # evaluation keeps no statistics and works anywhere
