@@ -5,6 +5,15 @@ from ksparse_pl.callbacks.feature_grid_logger import FeatureGridLogger
 from ksparse_pl.callbacks.k_schedule import KSchedule
 from ksparse_pl.callbacks.lsuv_init import LSUVInit
 from ksparse_pl.callbacks.node_usage_logger import NodeUsageLogger
+from ksparse_pl.callbacks.noise_robustness import NoiseRobustness
 from ksparse_pl.callbacks.sensitivity_schedule import SensitivitySchedule
 
-__all__ = ["DutyCycleBoosting", "FeatureGridLogger", "KSchedule", "LSUVInit", "NodeUsageLogger", "SensitivitySchedule"]
+__all__ = [
+    "DutyCycleBoosting",
+    "FeatureGridLogger",
+    "KSchedule",
+    "LSUVInit",
+    "NodeUsageLogger",
+    "NoiseRobustness",
+    "SensitivitySchedule",
+]

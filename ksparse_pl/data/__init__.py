@@ -1,5 +1,7 @@
 """LightningDataModules."""
 
+from ksparse_pl.data.array import ArrayDataModule
 from ksparse_pl.data.digits import DigitsDataModule
+from ksparse_pl.data.vision import VisionDataModule
 
-__all__ = ["DigitsDataModule"]
+__all__ = ["ArrayDataModule", "DigitsDataModule", "VisionDataModule"]

@@ -5,6 +5,7 @@ returned tensor; the modules in :mod:`ksparse_pl.layers` own the buffers and cal
 """
 
 from ksparse_pl.functional.boosting import boost_factors, update_duty_cycle, winner_counts
+from ksparse_pl.functional.noise import add_pixel_noise
 from ksparse_pl.functional.selection import (
     k_sparse,
     keep_masked,
@@ -25,6 +26,7 @@ from ksparse_pl.functional.sensitivity import (
 )
 
 __all__ = [
+    "add_pixel_noise",
     "boost_factors",
     "idle_sensitivity",
     "k_sparse",
