@@ -1,8 +1,8 @@
-"""A k-sparse autoencoder as a LightningModule: linear encoder, top-k hidden layer, linear decoder."""
+"""Sparse autoencoders as a LightningModule: top-k, k-winners, ReLU or linear codes, with the usual extras."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
@@ -10,25 +10,41 @@ import torch.nn.functional as F
 from pytorch_lightning.cli import OptimizerCallable
 from torch import Tensor, nn
 
-from ksparse_pl.layers import KSparse
+from ksparse_pl import penalties
+from ksparse_pl.layers import KSparse, KWinners
 from ksparse_pl.metrics import FractionOfVarianceUnexplained
 from ksparse_pl.models._batch import inputs_of
+from ksparse_pl.models._probe import linear_probe_accuracy
+
+CodeActivation = Literal["ksparse", "kwinners", "relu", "linear"]
+Penalty = Literal["none", "l1", "student_t", "kl", "mean_activation"]
+_PENALTIES = {
+    "l1": lambda h, _p: penalties.l1_penalty(h),
+    "student_t": lambda h, _p: penalties.student_t_penalty(h),
+    "kl": penalties.kl_sparsity_penalty,
+    "mean_activation": penalties.mean_activation_penalty,
+}
 
 
 class SparseAutoencoder(pl.LightningModule):
-    """Autoencoder whose hidden code keeps only ``k`` of ``hidden_dim`` units per sample (Makhzani & Frey).
+    """Autoencoder with a sparse code: ``x -> encoder -> activation -> code -> linear decoder``.
 
-    ``forward(x)`` returns the reconstruction with ``x``'s shape; ``encode`` gives the sparse code and
-    ``decode`` maps a code back. Inputs of any shape ``(B, ...)`` with ``input_dim`` values per sample are
-    flattened. Batches may be tensors or ``(x, label)`` pairs.
+    ``forward(x)`` returns the reconstruction with ``x``'s shape; ``encode`` gives the code and ``decode``
+    maps a code back. Inputs of any shape ``(B, ...)`` with ``input_dim`` values are flattened; batches are
+    tensors or ``(x, label)`` pairs.
 
-    Logged: ``train/mse``; ``val/mse``, ``val/fvu`` (fraction of variance unexplained, 1.0 is the
-    mean predictor) and ``val/l0`` (mean active units per sample); the same under ``test/``.
+    Logged: ``train/mse`` (and ``train/penalty``, ``train/auxk`` when used); ``val/mse``, ``val/fvu``
+    (fraction of variance unexplained; 1.0 is the mean predictor), ``val/l0`` (mean active units per
+    sample), ``val/dead_fraction`` (units never active in the validation epoch); the same under ``test/``;
+    with ``linear_probe``, ``probe/accuracy`` and ``probe/raw_accuracy`` at the end of fit.
 
     Args:
         input_dim: values per input sample.
         hidden_dim: width M of the code.
-        k: active code units per sample in training.
+        k: active code units per sample in training; required for ``ksparse``/``kwinners``.
+        activation: ``ksparse`` (top-k), ``kwinners`` (top-k with the options below), or the dense baselines
+            ``relu`` and ``linear``.
+        encoder_hidden: widths of ReLU layers before the code layer (an MLP encoder); empty: linear encoder.
         k_inference_factor: eval mode keeps ``round(k * k_inference_factor)`` units (Makhzani's alpha).
         by_magnitude: rank code units by ``|h|`` and keep signs (Cottonwood).
         relu: zero negative winners (OpenAI's TopK SAE).
@@ -36,7 +52,17 @@ class SparseAutoencoder(pl.LightningModule):
         sensitivity: Cottonwood's sensitivity for rarely selected units.
         s_max: the sensitivity bound.
         tau: the sensitivity time constant, in samples.
-        tied_weights: the decoder uses the encoder's weight, transposed (with its own bias).
+        tied_weights: the decoder uses the code layer's weight, transposed (with its own bias); otherwise the
+            decoder starts as that transpose (Gao et al.) and trains on its own.
+        dropout: dropout on the code in training.
+        penalty: activation penalty on the code (see :mod:`ksparse_pl.penalties`).
+        penalty_weight: its coefficient in the loss.
+        penalty_target: the target rate of ``kl`` and ``mean_activation``.
+        auxk: Gao et al.'s AuxK: the top-``auxk`` dead units reconstruct the residual; 0 is off.
+        auxk_coefficient: its coefficient in the loss (Gao: 1/32).
+        dead_after: training samples without firing after which a unit counts as dead for AuxK.
+        linear_probe: at the end of fit, fit a logistic regression on the codes of the training split and
+            report its test accuracy, and the same on raw inputs (needs labelled data).
         optimizer: builds the optimizer from the parameters (in configs: a ``class_path`` and ``init_args``).
 
     Example:
@@ -47,11 +73,15 @@ class SparseAutoencoder(pl.LightningModule):
         (torch.Size([5, 64]), [8, 8, 8, 8, 8])
     """
 
+    idle_samples: Tensor
+
     def __init__(
         self,
         input_dim: int,
         hidden_dim: int,
-        k: int,
+        k: int | None = None,
+        activation: CodeActivation = "ksparse",
+        encoder_hidden: list[int] | None = None,
         k_inference_factor: float = 1.0,
         by_magnitude: bool = False,
         relu: bool = False,
@@ -60,40 +90,61 @@ class SparseAutoencoder(pl.LightningModule):
         s_max: float = 10.0,
         tau: float = 100.0,
         tied_weights: bool = False,
+        dropout: float = 0.0,
+        penalty: Penalty = "none",
+        penalty_weight: float = 0.0,
+        penalty_target: float = 0.0,
+        auxk: int = 0,
+        auxk_coefficient: float = 1 / 32,
+        dead_after: int = 10_000,
+        linear_probe: bool = False,
         optimizer: OptimizerCallable = torch.optim.Adam,
     ) -> None:
         super().__init__()
         for name, value in (("input_dim", input_dim), ("hidden_dim", hidden_dim)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"Expected `{name}` to be an int >= 1, but got {value!r}.")
+        if penalty != "none" and penalty not in _PENALTIES:
+            raise ValueError(f"Expected `penalty` to be one of {('none', *_PENALTIES)}, but got {penalty!r}.")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"Expected `dropout` in [0, 1), but got {dropout!r}.")
+        if auxk < 0 or auxk > hidden_dim:
+            raise ValueError(f"Expected `auxk` in [0, {hidden_dim}] (the code width), but got {auxk!r}.")
         self.save_hyperparameters(ignore=["optimizer"])
         self.input_dim = input_dim
         self.optimizer_factory = optimizer
-        self.encoder = nn.Linear(input_dim, hidden_dim)
-        self.sparse = KSparse(
-            hidden_dim,
-            k,
-            k_inference_factor=k_inference_factor,
-            by_magnitude=by_magnitude,
-            relu=relu,
-            boost_strength=boost_strength,
-            sensitivity=sensitivity,
-            s_max=s_max,
-            tau=tau,
-        )
-        # A tied decoder is the encoder's weight transposed with a bias of its own; an untied one is a Linear
+        widths = [input_dim, *(encoder_hidden or [])]
+        trunk: list[nn.Module] = []
+        for fan_in, fan_out in zip(widths[:-1], widths[1:], strict=True):
+            trunk += [nn.Linear(fan_in, fan_out), nn.ReLU()]
+        self.trunk = nn.Sequential(*trunk)
+        self.encoder = nn.Linear(widths[-1], hidden_dim)
+        self.sparse = _code_activation(activation, hidden_dim, k, self.hparams)
+        self.code_dropout = nn.Dropout(dropout)
+        # A tied decoder is the code layer's weight transposed with a bias of its own; an untied one is a Linear
         # layer (so initializers and LSUV see it) that starts as the encoder's transpose (Gao et al.).
         self.decoder: nn.Linear | None = None
         self.decoder_bias: nn.Parameter | None = None
+        if tied_weights and encoder_hidden:
+            raise ValueError("`tied_weights` needs a linear encoder (no `encoder_hidden` layers).")
         if tied_weights:
             self.decoder_bias = nn.Parameter(torch.zeros(input_dim))
         else:
             self.decoder = nn.Linear(hidden_dim, input_dim)
-            with torch.no_grad():
-                self.decoder.weight.copy_(self.encoder.weight.t())
-                self.decoder.bias.zero_()
+            if not encoder_hidden:
+                with torch.no_grad():
+                    self.decoder.weight.copy_(self.encoder.weight.t())
+                    self.decoder.bias.zero_()
+        self.register_buffer("idle_samples", torch.zeros(hidden_dim, dtype=torch.long))
         self.val_fvu = FractionOfVarianceUnexplained()
         self.test_fvu = FractionOfVarianceUnexplained()
+        self._active: Tensor | None = None
+        self.probe_accuracy: float | None = None
+
+    @property
+    def _options(self) -> Any:
+        """The ``__init__`` arguments, as saved by ``save_hyperparameters``."""
+        return self.hparams
 
     def _flat(self, x: Tensor) -> Tensor:
         flat = x.reshape(x.shape[0], -1)  # (B, ...) -> (B, input_dim)
@@ -104,9 +155,13 @@ class SparseAutoencoder(pl.LightningModule):
             )
         return flat
 
+    def preactivation(self, x: Tensor) -> Tensor:
+        """The code layer's input ``(B, hidden_dim)``, before the sparse activation."""
+        return self.encoder(self.trunk(self._flat(x)))
+
     def encode(self, x: Tensor) -> Tensor:
-        """The sparse code ``(B, hidden_dim)`` of inputs ``(B, ...)``."""
-        return self.sparse(self.encoder(self._flat(x)))
+        """The code ``(B, hidden_dim)`` of inputs ``(B, ...)``."""
+        return self.code_dropout(self.sparse(self.preactivation(x)))
 
     def decode(self, z: Tensor) -> Tensor:
         """The flat reconstruction ``(B, input_dim)`` of codes ``(B, hidden_dim)``."""
@@ -118,29 +173,122 @@ class SparseAutoencoder(pl.LightningModule):
         return self.decode(self.encode(x)).view(x.shape)
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        x = inputs_of(batch)
-        loss = F.mse_loss(self(x), x)
+        x = self._flat(inputs_of(batch))
+        pre = self.preactivation(x)
+        code = self.code_dropout(self.sparse(pre))
+        recon = self.decode(code)
+        loss = F.mse_loss(recon, x)
         self.log("train/mse", loss, prog_bar=True)
+        hp = self._options
+        if hp.penalty != "none":
+            penalty = _PENALTIES[hp.penalty](code, hp.penalty_target)
+            self.log("train/penalty", penalty)
+            loss = loss + hp.penalty_weight * penalty
+        with torch.no_grad():
+            fired = (code != 0).any(dim=0)
+            self.idle_samples = torch.where(fired, 0, self.idle_samples + len(x))
+        if hp.auxk > 0:
+            auxk = self._auxk_loss(x - recon.detach(), pre)
+            self.log("train/auxk", auxk)
+            loss = loss + hp.auxk_coefficient * auxk
         return loss
+
+    def _auxk_loss(self, residual: Tensor, pre: Tensor) -> Tensor:
+        """Gao et al.: the top dead units alone reconstruct the residual, normalized by its variance."""
+        dead = self.idle_samples >= self._options.dead_after
+        k_aux = min(self._options.auxk, int(dead.sum()))
+        if k_aux == 0:
+            return pre.new_zeros(())
+        masked = pre.masked_fill(~dead, float("-inf"))
+        values, indices = masked.topk(k_aux, dim=1)
+        code = torch.zeros_like(pre).scatter(1, indices, values.relu())
+        weight = self.encoder.weight.t() if self.decoder is None else self.decoder.weight
+        reconstruction = code @ weight.t()  # no bias: it reconstructs a residual
+        return (reconstruction - residual).square().sum() / (residual - residual.mean(0)).square().sum().clamp_min(
+            1e-12
+        )
 
     def _evaluate(self, batch: Any, stage: str, fvu: FractionOfVarianceUnexplained) -> None:
         x = inputs_of(batch)
         code = self.encode(x)
         recon = self.decode(code).view(x.shape)
         fvu.update(recon, x)
+        active = (code != 0).any(dim=0)
+        self._active = active if self._active is None else self._active | active
         self.log(f"{stage}/mse", F.mse_loss(recon, x), prog_bar=stage == "val")
         self.log(f"{stage}/fvu", fvu, prog_bar=stage == "val")
         self.log(f"{stage}/l0", (code != 0).sum(dim=1).float().mean())
 
+    def _log_dead_fraction(self, stage: str) -> None:
+        if self._active is not None:
+            active = self.trainer.strategy.reduce(self._active.float(), reduce_op="sum") > 0
+            self.log(f"{stage}/dead_fraction", 1.0 - active.float().mean())
+            self._active = None
+
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._evaluate(batch, "val", self.val_fvu)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_dead_fraction("val")
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self._evaluate(batch, "test", self.test_fvu)
 
+    def on_test_epoch_end(self) -> None:
+        self._log_dead_fraction("test")
+
     def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
-        """The sparse codes of the batch."""
+        """The codes of the batch."""
         return self.encode(inputs_of(batch))
+
+    def on_fit_end(self) -> None:
+        if self._options.linear_probe:
+            self.run_linear_probe()
+
+    @torch.no_grad()
+    def run_linear_probe(self) -> dict[str, float]:
+        """Logistic regression on the codes (and on raw inputs) of the datamodule's train and test splits."""
+        datamodule = self.trainer.datamodule  # type: ignore[attr-defined]
+        datamodule.setup("test")
+        train, test = datamodule.train_set.tensors, datamodule.test_set.tensors
+        if len(train) < 2:
+            raise ValueError("`linear_probe` needs labelled data: the datamodule's batches have no labels.")
+        was_training = self.training
+        self.eval()
+        codes = [self.encode(t.to(self.device)) for t in (train[0], test[0])]
+        self.train(was_training)
+        results = {
+            "probe/accuracy": linear_probe_accuracy(codes[0], train[1], codes[1], test[1]),
+            "probe/raw_accuracy": linear_probe_accuracy(train[0], train[1], test[0], test[1]),
+        }
+        self.probe_accuracy = results["probe/accuracy"]
+        if self.trainer.is_global_zero:
+            for logger in self.trainer.loggers:
+                logger.log_metrics(results, step=self.trainer.global_step)
+        return results
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer_factory(self.parameters())
+
+
+def _code_activation(name: str, width: int, k: int | None, hp: Any) -> nn.Module:
+    if name == "relu":
+        return nn.ReLU()
+    if name == "linear":
+        return nn.Identity()
+    if name not in ("ksparse", "kwinners"):
+        raise ValueError(f"Expected `activation` to be one of ('ksparse', 'kwinners', 'relu', 'linear'), got {name!r}.")
+    if k is None:
+        raise ValueError(f"`activation={name!r}` needs `k`, the number of active code units.")
+    layer = KWinners if name == "kwinners" else KSparse
+    return layer(
+        width,
+        k,
+        k_inference_factor=hp.k_inference_factor,
+        by_magnitude=hp.by_magnitude,
+        relu=hp.relu,
+        boost_strength=hp.boost_strength,
+        sensitivity=hp.sensitivity,
+        s_max=hp.s_max,
+        tau=hp.tau,
+    )
