@@ -28,13 +28,20 @@ class KSparseCLI(LightningCLI):
 
 def main(args: list[str] | None = None) -> None:
     """Run the CLI on ``args`` (default: ``sys.argv``)."""
-    KSparseCLI(
+    build_cli(args)
+
+
+def build_cli(args: list[str] | None = None, run: bool = True) -> KSparseCLI:
+    """The CLI on ``args``; with ``run=False`` it only builds the model, datamodule and trainer of a config
+    (``args`` then carry no subcommand), for scripts that drive the trainer themselves."""
+    return KSparseCLI(
         pl.LightningModule,
         pl.LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
         args=args,
+        run=run,
     )
 
 
