@@ -45,12 +45,15 @@ def _gunzip(path: Path) -> bytes:
 
 
 def mnist_data(npz: Path, flatten: bool = False) -> list[str]:
+    """The MNIST subset instead of torchvision's download. With 7,000 training images (not 60,000) plain SGD
+    gets about a tenth of the paper's updates, so every net, dense and sparse alike, gets momentum 0.9."""
     return [
         "--data=ksparse_pl.data.ArrayDataModule",
         f"--data.path={npz}",
         "--data.val_fraction=0.1",
         "--data.test_fraction=0.2",
         "--data.batch_size=64",
+        "--model.init_args.optimizer.init_args.momentum=0.9",
     ] + (["--data.flatten=true"] if flatten else [])
 
 
@@ -130,6 +133,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--only", choices=sorted(EXPERIMENTS), action="append")
     parser.add_argument("--epochs", type=int, default=None, help="override every config's max_epochs")
+    parser.add_argument("--results", default="results.json", help="file name of the results, under --out")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     npz = mnist_subset(args.out)
@@ -141,7 +145,7 @@ def main() -> None:
             result = run(family, name, config, overrides, args.out / Path(config).with_suffix(""), args.epochs)
             print(json.dumps(result), flush=True)
             results.append(result)
-            (args.out / "results.json").write_text(json.dumps(results, indent=1))
+            (args.out / args.results).write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
@@ -11,6 +11,7 @@ from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from ksparse_pl.init import sparse_aware_init_
 from ksparse_pl.layers import SparseWeights
 from ksparse_pl.models._activations import Activation, check_activation, dense_activation, map_activation
 
@@ -60,6 +61,10 @@ class SparseClassifier(pl.LightningModule):
         duty_cycle_period: k-winners' duty-cycle period.
         mean: normalization mean of the [0, 1] pixels.
         std: normalization standard deviation.
+        init: ``torch``'s default initialization, or ``he`` / ``glorot`` with the effective fan-in (after a
+            layer keeping k of M units, fan-in k; sparse weights count their non-zeros; see
+            :func:`ksparse_pl.init.sparse_aware_init_`). On the MNIST subset ``he`` took the sparse MLP from
+            75% to 90%+ test accuracy; on an 8x8-digits CNN it trained slower than ``torch``.
         optimizer: the optimizer (default SGD, lr 0.01).
         lr_scheduler: an optional scheduler, stepped every epoch (Numenta: StepLR, gamma 0.8).
 
@@ -97,6 +102,7 @@ class SparseClassifier(pl.LightningModule):
         duty_cycle_period: int = 1000,
         mean: float = 0.1307,
         std: float = 0.3081,
+        init: Literal["torch", "he", "glorot"] = "torch",
         optimizer: OptimizerCallable = _sgd,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
@@ -123,6 +129,10 @@ class SparseClassifier(pl.LightningModule):
         self.hidden_layers = self._hidden_layers(hidden or [], features, hidden_k, sparse_options)
         last = (hidden or [features])[-1]
         self.readout = nn.Sequential(nn.Dropout(dropout), nn.Linear(last, num_classes))
+        if init not in ("torch", "he", "glorot"):
+            raise ValueError(f"Expected `init` to be one of ('torch', 'he', 'glorot'), but got {init!r}.")
+        if init != "torch":
+            sparse_aware_init_(self, init)
         self.train_accuracy = MulticlassAccuracy(num_classes, average="micro")
         self.val_accuracy = MulticlassAccuracy(num_classes, average="micro")
         self.test_accuracy = MulticlassAccuracy(num_classes, average="micro")

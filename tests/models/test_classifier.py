@@ -90,3 +90,21 @@ def test_bad_configuration_fails_before_training(kwargs: dict, match: str) -> No
 def test_wrong_image_shape() -> None:
     with pytest.raises(ValueError, match=r"\(B, 1, 28, 28\) \(`input_shape`\).*\(2, 1, 8, 8\)"):
         SparseClassifier(hidden=[8])(torch.rand(2, 1, 8, 8))
+
+
+def test_he_init_uses_the_effective_fan_in() -> None:
+    net = SparseClassifier(
+        hidden=[2000, 500], hidden_activation="kwinners", hidden_k=[20, 50], weight_sparsity=0.7, init="he"
+    )
+    first, second = (m for m in net.modules() if isinstance(m, SparseWeights))
+    kept = second.module.weight[second.mask == 1]
+    # after k-winners keeping 20 of 2000 units and 30% non-zero weights, the effective fan-in is 0.3 * 20
+    assert kept.std().item() == pytest.approx((2 / (0.3 * 20)) ** 0.5, rel=0.05)
+    assert first.module.weight[first.mask == 1].std().item() == pytest.approx((2 / (0.3 * 784)) ** 0.5, rel=0.05)
+    torch_default = SparseClassifier(hidden=[2000, 500], hidden_k=[20, 50])
+    assert torch_default.hidden_layers[1].weight.std().item() < 0.05
+
+
+def test_bad_init() -> None:
+    with pytest.raises(ValueError, match=r"`init` to be one of \('torch', 'he', 'glorot'\).*'lecun'"):
+        SparseClassifier(hidden=[8], init="lecun")  # type: ignore[arg-type]
