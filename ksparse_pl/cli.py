@@ -20,7 +20,7 @@ class KSparseCLI(LightningCLI):
 
     def after_fit(self) -> None:
         metrics = {name: float(value) for name, value in self.trainer.callback_metrics.items() if value.numel() == 1}
-        lines = [f"  {name:<12} {value:.4f}" for name, value in sorted(metrics.items())]
+        lines = [f"  {name:<18} {value:.4f}" for name, value in sorted(metrics.items())]
         checkpoint = self.trainer.checkpoint_callback
         where = getattr(checkpoint, "best_model_path", "") or getattr(checkpoint, "last_model_path", "")
         rank_zero_info("\nFinal metrics:\n" + "\n".join(lines) + (f"\nCheckpoint: {where}" if where else ""))
