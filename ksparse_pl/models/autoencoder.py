@@ -248,7 +248,9 @@ class SparseAutoencoder(pl.LightningModule):
     @torch.no_grad()
     def run_linear_probe(self) -> dict[str, float]:
         """Logistic regression on the codes (and on raw inputs) of the datamodule's train and test splits."""
-        datamodule = self.trainer.datamodule  # type: ignore[attr-defined]
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None or not all(hasattr(datamodule, name) for name in ("train_set", "test_set")):
+            raise ValueError("`linear_probe` needs a datamodule with `train_set` and `test_set` (as ours have).")
         datamodule.setup("test")
         train, test = datamodule.train_set.tensors, datamodule.test_set.tensors
         if len(train) < 2:
