@@ -24,6 +24,7 @@ from ksparse_pl.functional.sensitivity import (
     sensitivity_step,
     sensitivity_step_at,
 )
+from ksparse_pl.functional.sparse_coding import sparse_decode, topk_encode
 
 __all__ = [
     "add_pixel_noise",
@@ -40,7 +41,9 @@ __all__ = [
     "sensitivity_factors_at",
     "sensitivity_step",
     "sensitivity_step_at",
+    "sparse_decode",
     "threshold_mask",
+    "topk_encode",
     "topk_indices",
     "update_duty_cycle",
     "winner_counts",

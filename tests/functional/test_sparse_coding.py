@@ -1,0 +1,44 @@
+"""The sparse encode/decode path equals the dense one (values and every gradient), on small shapes."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ksparse_pl.functional import keep_winners, sparse_decode, topk_encode
+
+
+def dense_step(x, w_enc, b_enc, w_dec_rows, b_dec, k, relu):
+    pre = F.linear(x, w_enc, b_enc)
+    indices = pre.detach().topk(k, dim=1).indices
+    code = keep_winners(pre, indices, relu=relu)  # (B, M) dense code
+    return F.linear(code, w_dec_rows.t(), b_dec)
+
+
+def sparse_step(x, w_enc, b_enc, w_dec_rows, b_dec, k, relu):
+    values, indices = topk_encode(x, w_enc, b_enc, k, relu=relu)
+    return sparse_decode(values, indices, w_dec_rows, b_dec)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize(("batch", "d", "m", "k"), [(7, 5, 20, 3), (32, 16, 64, 8)])
+def test_sparse_path_equals_dense_path(batch: int, d: int, m: int, k: int, relu: bool) -> None:
+    params = [torch.randn(batch, d), torch.randn(m, d), torch.randn(m), torch.randn(m, d), torch.randn(d)]
+    results = []
+    for step in (dense_step, sparse_step):
+        leaves = [p.clone().requires_grad_() for p in params]
+        out = step(*leaves, k, relu)
+        out.backward(torch.linspace(-1, 1, out.numel()).view_as(out))
+        results.append((out.detach(), [leaf.grad for leaf in leaves]))
+    (dense_out, dense_grads), (sparse_out, sparse_grads) = results
+    torch.testing.assert_close(sparse_out, dense_out)
+    for name, a, b in zip(("x", "w_enc", "b_enc", "w_dec", "b_dec"), sparse_grads, dense_grads, strict=True):
+        torch.testing.assert_close(a, b, msg=name)
+
+
+def test_encoder_gradient_touches_only_selected_rows() -> None:
+    x, w, b = torch.randn(4, 6), torch.randn(50, 6, requires_grad=True), torch.zeros(50, requires_grad=True)
+    values, indices = topk_encode(x, w, b, k=2)
+    values.sum().backward()
+    touched = torch.zeros(50, dtype=torch.bool)
+    touched[indices.unique()] = True
+    assert (w.grad[~touched] == 0).all() and (w.grad[touched] != 0).any()
