@@ -16,6 +16,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from ksparse_pl.functional._checks import check_positive_int
 from ksparse_pl.layers import SparseActivation, SparseWeights
 
 _WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -233,8 +234,7 @@ def lsuv_(
     """
     if not (isinstance(tol, (int, float)) and 0 < tol < 1):
         raise ValueError(f"Expected `tol` to be a float in (0, 1), but got {tol!r}.")
-    if isinstance(max_iters, bool) or not isinstance(max_iters, int) or max_iters < 1:
-        raise ValueError(f"Expected `max_iters` to be an int >= 1, but got {max_iters!r}.")
+    check_positive_int(max_iters, "max_iters")
     run_model = forward or model
     names = {m: n for n, m in model.named_modules()}
     with state_preserved(model):

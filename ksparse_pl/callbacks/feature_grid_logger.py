@@ -15,6 +15,7 @@ from typing_extensions import override
 
 from ksparse_pl.callbacks._layers import sparse_layers
 from ksparse_pl.callbacks._plots import log_image
+from ksparse_pl.functional._checks import check_positive_int
 
 _MIN_TILE = 32  # pixels per side of a unit's picture in the grid
 
@@ -70,8 +71,8 @@ class FeatureGridLogger(pl.Callback):
         if image_shape is not None and (len(image_shape) not in (2, 3) or min(image_shape) < 1):
             raise ValueError(f"FeatureGridLogger: expected `image_shape` (H, W) or (C, H, W), but got {image_shape!r}.")
         for name, value in (("max_units", max_units), ("every_n_epochs", every_n_epochs), ("code_dim", code_dim)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"FeatureGridLogger: expected `{name}` to be an int >= 1, but got {value!r}.")
+            if value is not None:
+                check_positive_int(value, name, "FeatureGridLogger")
         self.image_shape = tuple(image_shape) if image_shape is not None else None
         self.code_dim = code_dim
         self.max_units = max_units

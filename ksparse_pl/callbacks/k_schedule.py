@@ -8,6 +8,7 @@ import pytorch_lightning as pl
 from typing_extensions import override
 
 from ksparse_pl.callbacks._layers import require_sparse_layers, training_progress
+from ksparse_pl.functional._checks import check_positive_int
 
 
 class KSchedule(pl.Callback):
@@ -33,9 +34,9 @@ class KSchedule(pl.Callback):
     """
 
     def __init__(self, k_start: int, k_end: int | None = None, fraction: float = 0.5) -> None:
-        for name, value in (("k_start", k_start), ("k_end", k_end)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"KSchedule: expected `{name}` to be an int >= 1, but got {value!r}.")
+        check_positive_int(k_start, "k_start", "KSchedule")
+        if k_end is not None:
+            check_positive_int(k_end, "k_end", "KSchedule")
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
             raise ValueError(f"KSchedule: expected `fraction` to be a float in (0, 1], but got {fraction!r}.")
         self.k_start = k_start

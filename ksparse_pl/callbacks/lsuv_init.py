@@ -10,6 +10,7 @@ from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor
 from typing_extensions import override
 
+from ksparse_pl.functional._checks import check_positive_int
 from ksparse_pl.init import lsuv_
 from ksparse_pl.models._batch import inputs_of
 
@@ -45,8 +46,7 @@ class LSUVInit(pl.Callback):
             raise ValueError(f"LSUVInit: expected `num_samples` to be an int >= 2, but got {num_samples!r}.")
         if not isinstance(tol, (int, float)) or not 0 < tol < 1:
             raise ValueError(f"LSUVInit: expected `tol` to be a float in (0, 1), but got {tol!r}.")
-        if isinstance(max_iters, bool) or not isinstance(max_iters, int) or max_iters < 1:
-            raise ValueError(f"LSUVInit: expected `max_iters` to be an int >= 1, but got {max_iters!r}.")
+        check_positive_int(max_iters, "max_iters", "LSUVInit")
         self.num_samples = num_samples
         self.tol = tol
         self.max_iters = max_iters

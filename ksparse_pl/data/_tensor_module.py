@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ksparse_pl.data._sampler import EpochRandomSampler
 from ksparse_pl.data._split import check_split_fractions
+from ksparse_pl.functional._checks import check_positive_int
 
 
 class TensorDataModule(pl.LightningDataModule):
@@ -25,8 +26,7 @@ class TensorDataModule(pl.LightningDataModule):
     ) -> None:
         """``test_fraction=None``: the subclass brings its own test split (and overrides :meth:`setup`)."""
         super().__init__()
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"Expected `batch_size` to be an int >= 1, but got {batch_size!r}.")
+        check_positive_int(batch_size, "batch_size")
         check_split_fractions(val_fraction, 0.0 if test_fraction is None else test_fraction)
         self.batch_size = batch_size
         self.val_fraction = val_fraction

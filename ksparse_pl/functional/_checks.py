@@ -41,9 +41,11 @@ def resolve_k(n: int, k: int | None, percent_on: float | None, default_percent_o
     return k_from_percent_on(percent_on, n)
 
 
-def check_width(value: int, name: str) -> int:
+def check_positive_int(value: int, name: str, owner: str | None = None) -> int:
+    """Return ``value`` if it is an int >= 1, else raise naming ``name`` (and the ``owner`` callback or class)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"Expected `{name}` to be an int >= 1, but got {value!r}.")
+        prefix = f"{owner}: expected" if owner else "Expected"
+        raise ValueError(f"{prefix} `{name}` to be an int >= 1, but got {value!r}.")
     return value
 
 

@@ -25,6 +25,7 @@ from ksparse_pl.functional._checks import (
     check_float_input,
     check_k,
     check_positive,
+    check_positive_int,
     inference_k,
     resolve_k,
 )
@@ -84,9 +85,7 @@ class SparseActivation(nn.Module):
         self.relu = relu
         self.boosting = check_at_least(boost_strength, 0.0, "boost_strength") > 0
         self.boost_strength_factor = _check_factor(boost_strength_factor)
-        if isinstance(duty_cycle_period, bool) or not isinstance(duty_cycle_period, int) or duty_cycle_period < 1:
-            raise ValueError(f"Expected `duty_cycle_period` to be an int >= 1, but got {duty_cycle_period!r}.")
-        self.duty_cycle_period = duty_cycle_period
+        self.duty_cycle_period = check_positive_int(duty_cycle_period, "duty_cycle_period")
         self.use_sensitivity = sensitivity
         self._s_max = check_at_least(s_max, 1.0, "s_max")
         self._tau = check_at_least(tau, 1.0, "tau")

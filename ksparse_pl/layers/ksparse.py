@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ksparse_pl.functional._checks import check_width
+from ksparse_pl.functional._checks import check_positive_int
 from ksparse_pl.layers._base import SparseActivation
 
 
@@ -70,7 +70,7 @@ class KSparse(SparseActivation):
         tau: float = 100.0,
         threshold_mode: bool = False,
     ) -> None:
-        check_width(n, "n")
+        check_positive_int(n, "n")
         super().__init__(
             n,
             n,

@@ -6,7 +6,7 @@ from typing import Literal
 
 from torch import Tensor
 
-from ksparse_pl.functional._checks import check_width
+from ksparse_pl.functional._checks import check_positive_int
 from ksparse_pl.layers._base import SparseActivation
 
 _MODES = ("channel", "global")
@@ -66,7 +66,7 @@ class KSparse2d(SparseActivation):
         tau: float = 100.0,
         threshold_mode: bool = False,
     ) -> None:
-        check_width(channels, "channels")
+        check_positive_int(channels, "channels")
         if mode not in _MODES:
             raise ValueError(f"Expected `mode` to be one of {_MODES}, but got {mode!r}.")
         if spatial_shape is not None:

@@ -11,6 +11,7 @@ from pytorch_lightning.cli import OptimizerCallable
 from torch import Tensor, nn
 
 from ksparse_pl import penalties
+from ksparse_pl.functional._checks import check_positive_int
 from ksparse_pl.layers import KSparse, KWinners
 from ksparse_pl.metrics import FractionOfVarianceUnexplained
 from ksparse_pl.models._batch import inputs_of
@@ -101,9 +102,8 @@ class SparseAutoencoder(pl.LightningModule):
         optimizer: OptimizerCallable = torch.optim.Adam,
     ) -> None:
         super().__init__()
-        for name, value in (("input_dim", input_dim), ("hidden_dim", hidden_dim)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"Expected `{name}` to be an int >= 1, but got {value!r}.")
+        check_positive_int(input_dim, "input_dim")
+        check_positive_int(hidden_dim, "hidden_dim")
         if penalty != "none" and penalty not in _PENALTIES:
             raise ValueError(f"Expected `penalty` to be one of {('none', *_PENALTIES)}, but got {penalty!r}.")
         if not 0 <= dropout < 1:
