@@ -48,10 +48,6 @@ class DigitsDataModule(TensorDataModule):
         self.save_hyperparameters()
         self.flatten = flatten
 
-    @property
-    def input_dim(self) -> int:
-        return 64
-
     def load(self) -> tuple[Tensor, Tensor]:
         digits = load_digits()
         x = torch.tensor(digits.data, dtype=torch.float32) / 16.0  # (N, 64), pixel values 0..16
