@@ -1,24 +1,32 @@
 """A full training step of a wide top-k autoencoder: sparse decode + sparse encoder backward vs dense.
 
     python benchmarks/bench_sparse_autoencoder.py               # d=768, k=32, B=256, M in 4096, 16384, 65536
-    python benchmarks/bench_sparse_autoencoder.py --sizes 4096 --repeats 10
+    python benchmarks/bench_sparse_autoencoder.py --optimizer adam --sizes 16384
 
-Step = forward, MSE loss, backward, Adam step, all parameters (encoder and decoder, M x d each) updated
-densely by the same optimizer in both paths. Floor = one dense encoder-forward matmul plus one Adam step,
-each timed alone. Everything side by side in one process; medians.
+Step = forward, MSE loss, backward, optimizer step, all parameters (encoder and decoder, M x d each)
+updated densely by the same optimizer in both paths (default: torch's fused CPU Adam; ``adam`` is its
+default for-each implementation, about 7x slower at M = 16384 here). Both paths select the winners with
+the same ``topk_indices``. Floor = one dense encoder-forward matmul plus one optimizer step, each timed
+alone. Times are medians, side by side in one process. Memory, each path in a fresh process: the bytes
+autograd keeps for backward (saved-tensor hooks) and the growth of the peak resident set over the
+parameters during three steps (gradients and optimizer state included, equal in both paths).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
+import resource
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-from ksparse_pl.functional import keep_winners, sparse_decode, topk_encode
+from ksparse_pl.functional import keep_winners, sparse_decode, topk_encode, topk_indices
 
 
 def median_s(fn: Callable[[], object], repeats: int) -> float:
@@ -44,7 +52,7 @@ def make_params(m: int, d: int) -> list[torch.Tensor]:
 
 def dense_forward(x, w_enc, b_enc, rows, b_dec, k):
     pre = F.linear(x, w_enc, b_enc)
-    code = keep_winners(pre, pre.detach().topk(k, dim=1).indices, relu=True)  # the dense (B, M) code
+    code = keep_winners(pre, topk_indices(pre.detach(), k), relu=True)  # the dense (B, M) code
     return F.linear(code, rows.t(), b_dec)
 
 
@@ -55,11 +63,55 @@ def sparse_forward(x, w_enc, b_enc, rows, b_dec, k):
 
 def train_step(forward, params, optimizer, x, k) -> Callable[[], None]:
     def run() -> None:
-        optimizer.zero_grad(set_to_none=False)
+        optimizer.zero_grad()  # set_to_none, as Lightning does
         F.mse_loss(forward(x, *params, k), x).backward()
         optimizer.step()
 
     return run
+
+
+def make_optimizer(name: str, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, lr=1e-4, fused=name == "adam-fused")
+
+
+def peak_rss_kib() -> int:
+    """This process's peak resident set. Linux's VmHWM starts afresh at exec; ``ru_maxrss`` would carry the
+    parent's peak over into the child."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def peak_memory(path: str, m: int, args: argparse.Namespace) -> dict[str, float]:
+    """In this (fresh) process: MiB autograd saves for one step's backward, and the peak RSS growth over the
+    parameters through that forward and 3 training steps."""
+    forward = sparse_forward if path == "sparse" else dense_forward
+    x = torch.randn(args.batch, args.d, generator=torch.Generator().manual_seed(1))
+    params = make_params(m, args.d)
+    before = peak_rss_kib()
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if all(t.data_ptr() != p.data_ptr() for p in [x, *params]):
+            saved[t.data_ptr()] = t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = F.mse_loss(forward(x, *params, args.k), x)
+    del loss
+    step = train_step(forward, params, make_optimizer(args.optimizer, params), x, args.k)
+    for _ in range(3):
+        step()
+    after = peak_rss_kib()
+    return {"saved_mib": sum(saved.values()) / 2**20, "peak_growth_mib": (after - before) / 1024}
+
+
+def memory_in_fresh_process(path: str, m: int) -> dict[str, float]:
+    command = [sys.executable, __file__, *sys.argv[1:], "--memory-of", path, "--sizes", str(m)]  # last one wins
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -69,30 +121,41 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
+    parser.add_argument("--optimizer", choices=["adam-fused", "adam"], default="adam-fused")
+    parser.add_argument("--memory-of", choices=["sparse", "dense"], help=argparse.SUPPRESS)
+    args, _ = parser.parse_known_args()
+    if args.memory_of:
+        print(json.dumps(peak_memory(args.memory_of, args.sizes[0], args)))
+        return
     print(
         f"torch {torch.__version__}, {platform.machine()}, {torch.get_num_threads()} threads; "
-        f"d={args.d}, k={args.k}, B={args.batch}"
+        f"d={args.d}, k={args.k}, B={args.batch}, optimizer {args.optimizer}"
     )
-    print("| M | floor ms | sparse step ms | dense step ms | sparse / floor | dense / sparse |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| M | floor ms | sparse step ms | dense step ms | sparse / floor | dense / sparse | saved for backward, "
+        "sparse / dense MiB | peak RSS growth, sparse / dense MiB |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     x = torch.randn(args.batch, args.d, generator=torch.Generator().manual_seed(1))
     for m in args.sizes:
         timings = {}
         for name, forward in (("sparse", sparse_forward), ("dense", dense_forward)):
             params = make_params(m, args.d)
-            optimizer = torch.optim.Adam(params, lr=1e-4)
+            optimizer = make_optimizer(args.optimizer, params)
             timings[name] = median_s(train_step(forward, params, optimizer, x, args.k), args.repeats)
         params = make_params(m, args.d)
-        optimizer = torch.optim.Adam(params, lr=1e-4)
+        optimizer = make_optimizer(args.optimizer, params)
         F.mse_loss(sparse_forward(x, *params, args.k), x).backward()  # grads in place for the optimizer step
         with torch.no_grad():
             matmul = median_s(lambda: F.linear(x, params[0], params[1]), args.repeats)  # noqa: B023
         update = median_s(optimizer.step, args.repeats)
         floor = matmul + update
+        memory = {path: memory_in_fresh_process(path, m) for path in ("sparse", "dense")}
         print(
             f"| {m} | {floor * 1e3:.1f} | {timings['sparse'] * 1e3:.1f} | {timings['dense'] * 1e3:.1f} | "
-            f"{timings['sparse'] / floor:.2f} | {timings['dense'] / timings['sparse']:.2f} |",
+            f"{timings['sparse'] / floor:.2f} | {timings['dense'] / timings['sparse']:.2f} | "
+            f"{memory['sparse']['saved_mib']:.1f} / {memory['dense']['saved_mib']:.1f} | "
+            f"{memory['sparse']['peak_growth_mib']:.0f} / {memory['dense']['peak_growth_mib']:.0f} |",
             flush=True,
         )
 

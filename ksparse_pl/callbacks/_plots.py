@@ -40,6 +40,11 @@ def log_histogram(trainer: pl.Trainer, key: str, heights: np.ndarray, edges: np.
             )
 
 
+def takes_images(trainer: pl.Trainer) -> bool:
+    """Whether a logger that :func:`log_image` sends to is in use (so that a figure is worth rendering)."""
+    return any(isinstance(logger, WandbLogger) for logger in trainer.loggers)
+
+
 def log_image(trainer: pl.Trainer, key: str, image: np.ndarray, caption: str | None = None) -> None:
     """An (H, W, C) image to W&B, when a WandbLogger is in use."""
     for logger in trainer.loggers:

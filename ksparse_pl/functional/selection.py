@@ -10,8 +10,10 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from ksparse_pl.functional._checks import check_float_input, check_k
+from ksparse_pl.functional.native_topk import native_applies, take_rows, topk_rows
 
 
 def selection_scores(x: Tensor, *, by_magnitude: bool = False, boost_factors: Tensor | None = None) -> Tensor:
@@ -28,11 +30,15 @@ def selection_scores(x: Tensor, *, by_magnitude: bool = False, boost_factors: Te
 
 
 def topk_indices(scores: Tensor, k: int, dim: int = -1) -> Tensor:
-    """Indices of the ``k`` largest scores along ``dim``: exactly ``k`` per slice, ties broken by ``torch.topk``.
+    """Indices of the ``k`` largest scores along ``dim``: exactly ``k`` per slice.
 
     NaN ranks above every number (as in ``torch.topk``), so a NaN input is always among the winners and
-    shows in the output rather than being dropped.
+    shows in the output rather than being dropped. On CPU float32 along the last dim the compiled kernel
+    of :mod:`ksparse_pl.functional.native_topk` answers, in ascending index order, with ties going to the
+    lower index; elsewhere ``torch.topk`` does, in its own (deterministic) order.
     """
+    if native_applies(scores, dim):
+        return topk_rows(scores, k)
     return scores.topk(k, dim=dim, sorted=False).indices
 
 
@@ -77,12 +83,36 @@ def keep_winners(
         relu: also zero winners that are negative (ReLU after top-k).
         grad_scale: per-winner gradient factor, shaped like ``indices`` (sensitivity); forward unchanged.
     """
+    if native_applies(x, dim) and (grad_scale is None or grad_scale.dtype == torch.float32):
+        return _KeepWinnersRows.apply(x, indices, relu, grad_scale)
     values = x.gather(dim, indices)
     if relu:
         values = values.relu()
     if grad_scale is not None:
         values = scale_grad(values, grad_scale)
     return torch.zeros_like(x).scatter(dim, indices, values)
+
+
+class _KeepWinnersRows(torch.autograd.Function):
+    """:func:`keep_winners` along the last dim by the native kernel: no ``zeros`` + ``scatter`` round trip.
+
+    Backward keeps only ``indices`` and one factor per winner (``grad_scale``, and 0 at a winner ReLU zeroed).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, indices: Tensor, relu: bool, grad_scale: Tensor | None) -> Tensor:
+        factors = grad_scale
+        if relu:
+            positive = x.gather(-1, indices) > 0
+            factors = positive.float() if factors is None else factors * positive
+        ctx.save_for_backward(indices, factors)
+        return take_rows(x, indices, relu=relu)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None]:
+        indices, factors = ctx.saved_tensors
+        return take_rows(grad, indices, factors), None, None, None
 
 
 def keep_masked(x: Tensor, mask: Tensor, *, relu: bool = False, grad_scale: Tensor | None = None) -> Tensor:

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ksparse_pl.functional.selection import topk_indices
+
 
 class _SelectedRows(torch.autograd.Function):
     """``values[b, j] = x[b] . weight[idx[b, j]] + bias[idx[b, j]]`` with gradients only at the selected rows."""
@@ -26,13 +28,19 @@ class _SelectedRows(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, Tensor, None, None]:
         x, weight, indices = ctx.saved_tensors
-        k = indices.shape[1]
+        batch, k = indices.shape
         flat = indices.reshape(-1)  # (B*k,)
-        grad_x = F.embedding_bag(indices, weight, per_sample_weights=grad.to(weight.dtype), mode="sum")
-        rows = grad.reshape(-1, 1) * x.repeat_interleave(k, dim=0)  # (B*k, d): one outer-product row per winner
-        grad_weight = torch.zeros_like(weight).index_add_(0, flat, rows.to(weight.dtype))
+        grad_flat = grad.reshape(-1).to(weight.dtype)
+        grad_x = F.embedding_bag(indices, weight, per_sample_weights=grad_flat.view_as(grad), mode="sum")
+        # grad_weight = G^T x for the (B, M) gradient G with k entries per row: a sparse matmul never builds
+        # the (B*k, d) outer-product rows.
+        samples = torch.arange(batch, device=flat.device).repeat_interleave(k)
+        grad_t = torch.sparse_coo_tensor(
+            torch.stack([flat, samples]), grad_flat, (weight.shape[0], batch), check_invariants=False
+        )
+        grad_weight = torch.sparse.mm(grad_t, x.to(weight.dtype))
         grad_bias = torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device).index_add_(
-            0, flat, grad.reshape(-1).to(weight.dtype)
+            0, flat, grad_flat
         )
         return grad_x.to(x.dtype), grad_weight, grad_bias, None, None
 
@@ -52,7 +60,8 @@ def topk_encode(x: Tensor, weight: Tensor, bias: Tensor, k: int, relu: bool = Fa
     """
     with torch.no_grad():
         pre = F.linear(x, weight, bias)  # (B, M): the one dense matmul
-        values, indices = pre.topk(k, dim=1)
+        indices = topk_indices(pre, k)
+        values = pre.gather(1, indices)
     values = _SelectedRows.apply(x, weight, bias, indices, values)
     return (values.relu() if relu else values), indices
 

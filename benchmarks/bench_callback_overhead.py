@@ -1,0 +1,118 @@
+"""What the monitoring and schedule callbacks add to a Lightning training step, side by side in one process.
+
+    python benchmarks/bench_callback_overhead.py                  # 3 alternating rounds of 1000 steps each
+    python benchmarks/bench_callback_overhead.py --log-every 50   # usage logged 10x as often
+
+The same k-winners autoencoder (boosting and sensitivity on, so every callback has work) trains on the
+bundled 8x8 digits with an offline W&B logger, once bare and once with NodeUsageLogger (scalars, histogram
+and sorted usage plot every ``--log-every`` steps), SensitivitySchedule, DutyCycleBoosting and KSchedule
+(from k to k: the schedule runs every step without changing how much work a step does).
+The cost per step is the wall time from the start of step 20 to the end of the run, over the steps: the
+occasional logging step is spread over all of them, as it is in training (the sorted usage plot, rendered
+by matplotlib, is most of it: about 0.1 s per layer per log on a 2-core CPU). Rounds alternate the two
+set-ups so that drift of the machine hits both; the table gives each round and the median ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import tempfile
+import time
+import warnings
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import wandb
+from pytorch_lightning.loggers import WandbLogger
+
+from ksparse_pl.callbacks import DutyCycleBoosting, KSchedule, NodeUsageLogger, SensitivitySchedule
+from ksparse_pl.data import DigitsDataModule
+from ksparse_pl.models import SparseAutoencoder
+
+WARMUP_STEPS = 20
+
+
+class StepClock(pl.Callback):
+    """Wall time from the start of training batch ``WARMUP_STEPS`` to the end of training."""
+
+    def __init__(self) -> None:
+        self.start = 0.0
+        self.end = 0.0
+        self.steps = 0
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.global_step == WARMUP_STEPS:
+            self.start = time.perf_counter()
+
+    def on_train_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        self.end = time.perf_counter()
+        self.steps = trainer.global_step - WARMUP_STEPS
+
+    @property
+    def seconds_per_step(self) -> float:
+        return (self.end - self.start) / self.steps
+
+
+def seconds_per_step(with_callbacks: bool, steps: int, log_every: int, hidden: int) -> float:
+    pl.seed_everything(0, verbose=False)
+    model = SparseAutoencoder(64, hidden, k=hidden // 16, activation="kwinners", boost_strength=1.0, sensitivity=True)
+    clock = StepClock()
+    callbacks: list[pl.Callback] = [clock]
+    if with_callbacks:
+        callbacks += [
+            NodeUsageLogger(every_n_steps=log_every),
+            SensitivitySchedule(s_max_final=1.0),
+            DutyCycleBoosting(boost_strength_factor=0.9),
+            KSchedule(k_start=hidden // 16, k_end=hidden // 16),
+        ]
+    with tempfile.TemporaryDirectory() as logs:
+        trainer = pl.Trainer(
+            accelerator="cpu",
+            devices=1,
+            max_steps=steps + WARMUP_STEPS,
+            limit_val_batches=0,
+            logger=WandbLogger(project="ksparse-pl-bench", save_dir=logs, offline=True),
+            log_every_n_steps=log_every,
+            callbacks=callbacks,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
+        trainer.fit(model, DigitsDataModule(batch_size=64))
+        wandb.finish()
+    return clock.seconds_per_step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=1000)
+    # About one MNIST epoch at batch 64 (NodeUsageLogger's default interval is one epoch).
+    parser.add_argument("--log-every", type=int, default=500)
+    parser.add_argument("--hidden", type=int, default=1024)
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    threads = torch.get_num_threads()
+    print(f"torch {torch.__version__}, Lightning {pl.__version__}, {platform.machine()}, {threads} threads")
+    print(
+        f"SparseAutoencoder(64, {args.hidden}, kwinners + sensitivity), batch 64, {args.steps} timed steps per run, "
+        f"usage logged every {args.log_every} steps"
+    )
+    print("| round | bare ms/step | with callbacks ms/step | ratio |")
+    print("|---|---|---|---|")
+    ratios = []
+    for round_ in range(args.rounds):
+        bare = seconds_per_step(False, args.steps, args.log_every, args.hidden)
+        full = seconds_per_step(True, args.steps, args.log_every, args.hidden)
+        ratios.append(full / bare)
+        print(f"| {round_ + 1} | {bare * 1e3:.2f} | {full * 1e3:.2f} | {full / bare:.3f} |", flush=True)
+    print(f"median ratio: {statistics.median(ratios):.3f}")
+
+
+if __name__ == "__main__":
+    main()

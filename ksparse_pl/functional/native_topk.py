@@ -1,0 +1,144 @@
+"""The CPU top-k kernel (``csrc/topk_rows.c``): built with the system C compiler on first use, loaded with ctypes.
+
+``torch.topk`` on CPU runs a selection over (value, index) pairs per row, which costs over ten times a ReLU
+at the few percent of winners a sparse layer keeps. The kernel instead searches, per row, the threshold
+with exactly ``k`` scores at or above it (vectorized counting passes, Newton steps on the count), and
+writes the winners of sparse outputs and gradients in one call each. It serves float32 CPU tensors along
+the last dimension; everything else (GPUs, other dtypes, ``torch.compile`` tracing) uses ``torch.topk``.
+
+The shared library is cached in ``$KSPARSE_PL_CACHE`` (default ``$XDG_CACHE_HOME/ksparse_pl`` or
+``~/.cache/ksparse_pl``), keyed by the source and the compiler, so a machine compiles it once (about a
+second). Without a working compiler, or with ``KSPARSE_PL_NATIVE=0``, the layers warn once and use
+``torch.topk``: the same winners, except which of several tied scores win.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import statistics
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+_SOURCE = Path(__file__).with_name("csrc") / "topk_rows.c"
+_FLAGS = ["-O3", "-shared", "-fPIC", "-pthread"]
+
+
+def native_topk_enabled() -> bool:
+    """Whether the compiled kernel is available (built on the first call; warns once if it cannot be)."""
+    return _library() is not None
+
+
+def native_applies(x: Tensor, dim: int) -> bool:
+    """Whether :func:`topk_rows` / :func:`take_rows` serve ``x`` along ``dim`` (float32, CPU, last dim)."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and x.dim() > 0
+        and dim in (-1, x.dim() - 1)
+        and not torch.compiler.is_compiling()
+        and native_topk_enabled()
+    )
+
+
+def topk_rows(scores: Tensor, k: int) -> Tensor:
+    """Indices of the ``k`` largest scores along the last dim, in ascending index order.
+
+    NaN ranks above every number, ``-0.0`` ties with ``0.0``, and among tied scores the lower index wins.
+    ``scores`` must be a float32 CPU tensor and ``k`` in ``[1, n]`` (checked by the callers).
+    """
+    lib = _require_library()
+    n = scores.shape[-1]
+    rows = scores.reshape(-1, n).contiguous()
+    indices = torch.empty(rows.shape[0], k, dtype=torch.int64)
+    # The kernel's first guess of the threshold, in standard deviations above a row's mean.
+    z = statistics.NormalDist().inv_cdf(1 - k / n) if k < n else 0.0
+    if rows.shape[0] and lib.ksparse_topk_rows(
+        rows.data_ptr(), indices.data_ptr(), rows.shape[0], n, k, z, torch.get_num_threads()
+    ):
+        raise MemoryError("ksparse_pl's top-k kernel could not allocate its row buffer")
+    return indices.view(*scores.shape[:-1], k)
+
+
+def take_rows(src: Tensor, indices: Tensor, factors: Tensor | None = None, relu: bool = False) -> Tensor:
+    """A tensor like ``src``, zero but at ``indices`` (last dim), where it holds ``src`` (ReLU'd) * ``factors``."""
+    lib = _require_library()
+    n, k = src.shape[-1], indices.shape[-1]
+    rows = src.reshape(-1, n).contiguous()
+    index_rows = indices.reshape(-1, k).contiguous()
+    factor_rows = None if factors is None else factors.to(torch.float32).reshape(-1, k).contiguous()
+    # torch fills the zeros with all its threads (first touches of fresh memory are the slow part); the
+    # kernel only writes the k winners per row, in one thread, as a second one's start costs more than it saves.
+    out = torch.zeros_like(rows)
+    if rows.shape[0]:
+        lib.ksparse_take_rows(
+            rows.data_ptr(),
+            index_rows.data_ptr(),
+            None if factor_rows is None else factor_rows.data_ptr(),
+            int(relu),
+            out.data_ptr(),
+            rows.shape[0],
+            n,
+            k,
+            1,
+        )
+    return out.view(src.shape)
+
+
+def _require_library() -> ctypes.CDLL:
+    lib = _library()
+    if lib is None:
+        raise RuntimeError("ksparse_pl's native top-k kernel is not available; check native_topk_enabled() first")
+    return lib
+
+
+@functools.cache
+def _library() -> ctypes.CDLL | None:
+    if os.environ.get("KSPARSE_PL_NATIVE", "1") == "0":
+        return None
+    try:
+        lib = ctypes.CDLL(str(_build()))
+    except (OSError, subprocess.SubprocessError) as err:
+        detail = err.stderr.decode(errors="replace").strip() if isinstance(err, subprocess.CalledProcessError) else ""
+        warnings.warn(
+            f"ksparse_pl could not build its CPU top-k kernel ({err}{': ' + detail if detail else ''}); the sparse "
+            "layers use torch.topk instead, which is several times slower on CPU. Install a C compiler (or set "
+            "CC), or set KSPARSE_PL_NATIVE=0 to silence this.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
+    pointer, i64 = ctypes.c_void_p, ctypes.c_int64
+    lib.ksparse_topk_rows.argtypes = [pointer, pointer, i64, i64, i64, ctypes.c_float, ctypes.c_int]
+    lib.ksparse_take_rows.argtypes = [pointer, pointer, pointer, ctypes.c_int, pointer, i64, i64, i64, ctypes.c_int]
+    lib.ksparse_init()
+    return lib
+
+
+def _build() -> Path:
+    """Compile the kernel into the cache unless this source and compiler already did; returns the library."""
+    compiler = os.environ.get("CC", "cc")
+    identity = [_SOURCE.read_text(), compiler, *_FLAGS, platform.system(), platform.machine()]
+    tag = hashlib.sha256("\0".join(identity).encode()).hexdigest()[:16]
+    user_cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    cache = Path(os.environ.get("KSPARSE_PL_CACHE") or user_cache / "ksparse_pl")
+    target = cache / f"topk_rows-{tag}.so"
+    if target.exists():
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    # Build in a private folder and rename: several processes (DDP ranks) may build at once.
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        built = Path(tmp) / target.name
+        subprocess.run(
+            [compiler, *_FLAGS, "-o", str(built), str(_SOURCE), "-lm"], check=True, capture_output=True, timeout=300
+        )
+        os.replace(built, target)
+    return target

@@ -1,0 +1,134 @@
+"""The compiled CPU top-k kernel against torch.topk, its tie and NaN rules, and the fallback without it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ksparse_pl.functional import k_sparse, keep_winners, topk_indices
+from ksparse_pl.functional.native_topk import native_topk_enabled, take_rows, topk_rows
+
+pytestmark = pytest.mark.skipif(not native_topk_enabled(), reason="no C compiler to build the kernel")
+
+
+def reference_winners(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Winners by the kernel's rule, computed slowly: stable descending sort, so ties go to lower indices."""
+    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
+    return order[..., :k].sort(dim=-1).values
+
+
+ROWS = {
+    "normal": lambda b, n: torch.randn(b, n),
+    "relu (ties at zero)": lambda b, n: torch.randn(b, n).relu(),
+    "lognormal": lambda b, n: torch.randn(b, n).exp(),
+    "uniform": lambda b, n: torch.rand(b, n),
+    "small integers (ties)": lambda b, n: torch.randint(0, 5, (b, n)).float(),
+    "rows on different scales": lambda b, n: torch.randn(b, n) * torch.rand(b, 1) * 100 + torch.randn(b, 1) * 50,
+    "huge and tiny magnitudes": lambda b, n: torch.randn(b, n) * 10.0 ** torch.randint(-30, 30, (b, n)).float(),
+    "constant": lambda b, n: torch.full((b, n), 0.25),
+}
+
+
+@pytest.mark.parametrize("rows", list(ROWS))
+@pytest.mark.parametrize(("n", "k"), [(4096, 205), (1000, 100), (513, 128), (37, 1), (37, 36), (9, 9), (1, 1)])
+def test_same_winners_as_a_stable_sort(rows: str, n: int, k: int) -> None:
+    torch.manual_seed(n + k)
+    scores = ROWS[rows](16, n)
+    assert torch.equal(topk_rows(scores, k), reference_winners(scores, k))
+
+
+def test_ties_go_to_the_lower_index_and_minus_zero_ties_with_zero() -> None:
+    scores = torch.tensor([[1.0, 3.0, 1.0, 1.0, 0.0], [-0.0, 0.0, -1.0, 0.0, -0.0]])
+    assert topk_rows(scores, 3).tolist() == [[0, 1, 2], [0, 1, 3]]
+
+
+def test_nan_ranks_above_every_number_and_infinities_are_ordered() -> None:
+    scores = torch.tensor([[1.0, float("nan"), float("inf"), 5.0, float("-inf"), -float("nan")]])
+    assert topk_rows(scores, 3).tolist() == [[1, 2, 5]]
+    assert topk_rows(scores, 5).tolist() == [[0, 1, 2, 3, 5]]
+
+
+def test_leading_dims_and_non_contiguous_input() -> None:
+    scores = torch.randn(3, 4, 64).transpose(0, 1)  # (4, 3, 64), not contiguous
+    indices = topk_rows(scores, 5)
+    assert indices.shape == (4, 3, 5)
+    assert torch.equal(indices, reference_winners(scores, 5))
+
+
+def test_topk_indices_uses_the_kernel_on_cpu_float32_last_dim() -> None:
+    scores = torch.tensor([[2.0, 2.0, 2.0, 1.0]])
+    assert topk_indices(scores, 2).tolist() == [[0, 1]]  # the kernel's order: ascending, ties to lower index
+    assert set(topk_indices(scores.double(), 2)[0].tolist()) < {0, 1, 2}  # float64: torch.topk, any two of the tie
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("with_scale", [False, True])
+def test_keep_winners_matches_the_gather_scatter_composition(relu: bool, with_scale: bool) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(8, 50, requires_grad=True)
+    indices = topk_indices(x.detach(), 7)
+    scale = torch.rand(8, 7) + 0.5 if with_scale else None
+    out = keep_winners(x, indices, relu=relu, grad_scale=scale)
+    grad_out = torch.randn(8, 50)
+    (grad,) = torch.autograd.grad(out, x, grad_out)
+
+    values = x.detach().gather(1, indices)
+    expected = torch.zeros(8, 50).scatter(1, indices, values.relu() if relu else values)
+    factor = (values > 0).float() if relu else torch.ones_like(values)
+    if scale is not None:
+        factor = factor * scale
+    expected_grad = torch.zeros(8, 50).scatter(1, indices, grad_out.gather(1, indices) * factor)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    torch.testing.assert_close(grad, expected_grad, rtol=0, atol=0)
+
+
+def test_take_rows_keeps_only_the_indexed_entries() -> None:
+    src = torch.arange(12.0).view(2, 6) - 5
+    indices = torch.tensor([[0, 5], [1, 2]])
+    out = take_rows(src, indices, torch.tensor([[2.0, 1.0], [1.0, 3.0]]), relu=True)
+    assert out.tolist() == [[0.0, 0, 0, 0, 0, 0.0], [0, 2.0, 9.0, 0, 0, 0]]
+
+
+def test_batch_of_rows_equals_rows_one_at_a_time() -> None:
+    torch.manual_seed(3)
+    x = torch.randn(32, 300)
+    whole = k_sparse(x, 30)
+    one_by_one = torch.cat([k_sparse(row[None], 30) for row in x])
+    assert torch.equal(whole, one_by_one)
+
+
+def run_python(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_without_a_compiler_the_layers_warn_once_and_use_torch_topk(tmp_path, monkeypatch) -> None:
+    code = (
+        "import warnings, torch\n"
+        "from ksparse_pl.functional import k_sparse\n"
+        "x = torch.tensor([[0.5, -3.0, 2.0, 1.0]])\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    print(k_sparse(x, 2).tolist(), k_sparse(x, 2).tolist())\n"
+        "print(len(caught), caught[0].message if caught else '')\n"
+    )
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "CC": str(tmp_path / "no-such-compiler")}
+    result = run_python(code, env)
+    assert result.returncode == 0, result.stderr
+    values, warning = result.stdout.splitlines()
+    assert values == "[[0.0, 0.0, 2.0, 1.0]] [[0.0, 0.0, 2.0, 1.0]]"
+    assert warning.startswith("1 ksparse_pl could not build its CPU top-k kernel")
+
+
+def test_the_library_is_built_once_into_the_cache(tmp_path) -> None:
+    code = "from ksparse_pl.functional.native_topk import native_topk_enabled; print(native_topk_enabled())"
+    env = {"PATH": "/usr/bin:/bin", "KSPARSE_PL_CACHE": str(tmp_path)}
+    assert run_python(code, env).stdout.strip() == "True"
+    built = list(tmp_path.glob("topk_rows-*.so"))
+    assert len(built) == 1
+    stamp = built[0].stat().st_mtime_ns
+    assert run_python(code, env).stdout.strip() == "True"
+    assert built[0].stat().st_mtime_ns == stamp
+    assert run_python(code, {**env, "KSPARSE_PL_NATIVE": "0"}).stdout.strip() == "False"
