@@ -29,7 +29,9 @@ import torch
 from torch import Tensor
 
 _SOURCE = Path(__file__).with_name("csrc") / "topk_rows.c"
-_FLAGS = ["-O3", "-shared", "-fPIC", "-pthread"]
+_FLAGS = ["-O3", "-shared", "-fPIC"]
+# OpenMP, when the compiler has it: the library then shares torch's OpenMP runtime and thread pool.
+_PARALLEL_FLAGS = ["-fopenmp"]
 
 
 def native_topk_enabled() -> bool:
@@ -124,9 +126,19 @@ def _library() -> ctypes.CDLL | None:
 
 
 def _build() -> Path:
-    """Compile the kernel into the cache unless this source and compiler already did; returns the library."""
+    """The compiled library from the cache, built first if this source and compiler have not been yet.
+
+    With OpenMP if the compiler supports it, else single-threaded.
+    """
+    try:
+        return _build_with([*_FLAGS, *_PARALLEL_FLAGS])
+    except subprocess.CalledProcessError:
+        return _build_with(_FLAGS)
+
+
+def _build_with(flags: list[str]) -> Path:
     compiler = os.environ.get("CC", "cc")
-    identity = [_SOURCE.read_text(), compiler, *_FLAGS, platform.system(), platform.machine()]
+    identity = [_SOURCE.read_text(), compiler, *flags, platform.system(), platform.machine()]
     tag = hashlib.sha256("\0".join(identity).encode()).hexdigest()[:16]
     user_cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     cache = Path(os.environ.get("KSPARSE_PL_CACHE") or user_cache / "ksparse_pl")
@@ -138,7 +150,7 @@ def _build() -> Path:
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
         built = Path(tmp) / target.name
         subprocess.run(
-            [compiler, *_FLAGS, "-o", str(built), str(_SOURCE), "-lm"], check=True, capture_output=True, timeout=300
+            [compiler, *flags, "-o", str(built), str(_SOURCE), "-lm"], check=True, capture_output=True, timeout=300
         )
         os.replace(built, target)
     return target

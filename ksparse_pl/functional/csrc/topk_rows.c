@@ -10,17 +10,18 @@
  * order; NaN ranks above every number, -0 ties with +0, and among tied scores the lower index wins.
  */
 #include <math.h>
-#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #define KSPARSE_X86 1
 #endif
-
-#define MAX_THREADS 64
 
 typedef struct {
     float min, max, mean, std;
@@ -387,27 +388,24 @@ static void *take_slice(void *arg) {
     return NULL;
 }
 
-/* Runs fn over [0, rows) in contiguous slices, one per thread; returns 0 on success. */
+/* Runs fn over [0, rows) in contiguous slices, one per thread; returns 0 on success.  The threads are
+ * OpenMP's: loaded after torch, this library shares torch's OpenMP runtime (same soname), so the kernel
+ * runs on the pool that torch's own CPU ops use instead of competing with its spinning threads. */
 static int run_rows(void *(*fn)(void *), const void *job, int64_t rows, int threads) {
-    if (threads > MAX_THREADS) threads = MAX_THREADS;
     if (threads > rows) threads = (int)rows;
     if (threads < 1) threads = 1;
-    slice slices[MAX_THREADS];
-    pthread_t ids[MAX_THREADS];
-    int started[MAX_THREADS] = {0}, failed = 0;
-    for (int t = 0; t < threads; t++) {
-        slices[t].job = job;
-        slices[t].begin = rows * t / threads;
-        slices[t].end = rows * (t + 1) / threads;
+    int failed = 0;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads) reduction(| : failed)
+    {
+        int count = omp_get_num_threads(), t = omp_get_thread_num();
+        slice part = {job, rows * t / count, rows * (t + 1) / count};
+        failed |= fn(&part) != NULL;
     }
-    for (int t = 1; t < threads; t++) started[t] = pthread_create(&ids[t], NULL, fn, &slices[t]) == 0;
-    for (int t = 1; t < threads; t++) /* a thread that could not start: its rows run here */
-        if (!started[t] && fn(&slices[t])) failed = 1;
-    if (fn(&slices[0])) failed = 1;
-    for (int t = 1; t < threads; t++) {
-        void *result = NULL;
-        if (started[t] && (pthread_join(ids[t], &result) != 0 || result)) failed = 1;
-    }
+#else
+    slice part = {job, 0, rows};
+    failed = fn(&part) != NULL;
+#endif
     return failed;
 }
 
