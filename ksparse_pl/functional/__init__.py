@@ -24,11 +24,12 @@ from ksparse_pl.functional.sensitivity import (
     sensitivity_step,
     sensitivity_step_at,
 )
-from ksparse_pl.functional.sparse_coding import sparse_decode, topk_encode
+from ksparse_pl.functional.sparse_coding import encode_at, sparse_decode, topk_encode
 
 __all__ = [
     "add_pixel_noise",
     "boost_factors",
+    "encode_at",
     "idle_sensitivity",
     "k_sparse",
     "last_selected",

@@ -48,7 +48,7 @@ def threshold_mask(scores: Tensor, k: int, dim: int = -1) -> Tensor:
     Keeps more than ``k`` units when the k-th score is tied. A NaN score is kept (``~(s < t)``), so NaNs
     are never dropped silently.
     """
-    kth = scores.topk(k, dim=dim, sorted=False).values.amin(dim=dim, keepdim=True)
+    kth = scores.gather(dim, topk_indices(scores, k, dim=dim)).amin(dim=dim, keepdim=True)
     return ~(scores < kth)
 
 

@@ -60,10 +60,29 @@ def topk_encode(x: Tensor, weight: Tensor, bias: Tensor, k: int, relu: bool = Fa
     """
     with torch.no_grad():
         pre = F.linear(x, weight, bias)  # (B, M): the one dense matmul
-        indices = topk_indices(pre, k)
-        values = pre.gather(1, indices)
-    values = _SelectedRows.apply(x, weight, bias, indices, values)
+    indices = topk_indices(pre, k)
+    values = encode_at(x, weight, bias, indices, pre)
     return (values.relu() if relu else values), indices
+
+
+def encode_at(x: Tensor, weight: Tensor, bias: Tensor, indices: Tensor, preactivation: Tensor | None = None) -> Tensor:
+    """``(x @ weight.T + bias)`` at ``indices`` only, shape ``(B, k)``, with gradients for the selected rows only.
+
+    For winners chosen elsewhere (a sparse layer's :meth:`~ksparse_pl.KSparse.select`). The backward costs
+    O(B*k*d); pass the caller's ``preactivation`` (the full ``(B, M)`` product, no gradient needed) to read
+    the values from it instead of recomputing them from the k rows.
+
+    Example:
+        >>> import torch
+        >>> encode_at(torch.tensor([[1.0, 2.0]]), torch.eye(2), torch.zeros(2), torch.tensor([[1]]))
+        tensor([[2.]])
+    """
+    with torch.no_grad():
+        if preactivation is not None:
+            values = preactivation.gather(1, indices)
+        else:
+            values = (weight[indices] @ x.unsqueeze(-1)).squeeze(-1) + bias[indices]  # (B, k, d) @ (B, d, 1)
+    return _SelectedRows.apply(x, weight, bias, indices, values)
 
 
 def sparse_decode(values: Tensor, indices: Tensor, rows: Tensor, bias: Tensor | None = None) -> Tensor:

@@ -151,26 +151,38 @@ class SparseActivation(nn.Module):
         check_float_input(x)
         self._check_shape(x)
         candidates = self._candidates(x)
-        k = self._k if self.training else self.k_inference
+        if self.threshold_mode:
+            mask = threshold_mask(self._scores(candidates), self._active_k, dim=self._dim)
+            out = self._forward_mask(candidates, mask)
+        else:
+            indices, grad_scale = self._select(candidates)
+            out = keep_winners(candidates, indices, dim=self._dim, relu=self.relu, grad_scale=grad_scale)
+        return self._restore(out, x)
+
+    @property
+    def _active_k(self) -> int:
+        return self._k if self.training else self.k_inference
+
+    def _scores(self, candidates: Tensor) -> Tensor:
         boost = None
         if self.boosting:
             target = self._k / self.width
             boost = self._per_candidate(boost_factors(self.duty_cycle, target, self.boost_strength))
-        scores = selection_scores(candidates, by_magnitude=self.by_magnitude, boost_factors=boost)
-        if self.threshold_mode:
-            out = self._forward_mask(candidates, threshold_mask(scores, k, dim=self._dim))
-        else:
-            out = self._forward_indices(candidates, topk_indices(scores, k, dim=self._dim))
-        return self._restore(out, x)
+        return selection_scores(candidates, by_magnitude=self.by_magnitude, boost_factors=boost)
 
-    def _forward_indices(self, candidates: Tensor, indices: Tensor) -> Tensor:
+    def _select(self, candidates: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The winners' indices along the unit dim and (training with sensitivity) their gradient factors.
+
+        In training this updates the state with the batch, so each training batch goes through it once.
+        """
+        indices = topk_indices(self._scores(candidates), self._active_k, dim=self._dim)
         if not self.training:
-            return keep_winners(candidates, indices, dim=self._dim, relu=self.relu)
+            return indices, None
         unit_ids = self._unit_ids(indices)
         pairs = self._pairs_from_ids(unit_ids) if self.use_sensitivity else None
         factors = self._update_state(winner_counts(unit_ids, self.units), candidates, pairs)
         grad_scale = None if factors is None or pairs is None else self._scale_from_ids(factors, pairs, unit_ids)
-        return keep_winners(candidates, indices, dim=self._dim, relu=self.relu, grad_scale=grad_scale)
+        return indices, grad_scale
 
     def _forward_mask(self, candidates: Tensor, mask: Tensor) -> Tensor:
         if not self.training:

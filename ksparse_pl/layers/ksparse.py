@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ksparse_pl.functional._checks import check_positive_int
+from ksparse_pl.functional._checks import check_float_input, check_positive_int
 from ksparse_pl.layers._base import SparseActivation
 
 
@@ -94,6 +94,24 @@ class KSparse(SparseActivation):
     @property
     def n(self) -> int:
         return self.units
+
+    def select(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The winners of ``x`` ``(B, n)`` without building the sparse output: for callers that use the winners
+        directly (the sparse path of :class:`~ksparse_pl.models.SparseAutoencoder`).
+
+        Returns ``(indices, grad_scale)``: the ``(B, k)`` winning units and, in training with sensitivity, the
+        factor their gradients get (else None). ``forward(x)`` equals ``keep_winners(x, indices, relu=relu,
+        grad_scale=grad_scale)``; like ``forward``, a training call updates the layer's state.
+
+        Raises:
+            ValueError: ``x`` is not ``(B, n)``, or the layer is in ``threshold_mode`` (no fixed winner count).
+        """
+        check_float_input(x)
+        if x.dim() != 2 or x.shape[1] != self.units:
+            raise ValueError(f"{type(self).__name__}.select expects input (B, n={self.units}), got {tuple(x.shape)}.")
+        if self.threshold_mode:
+            raise ValueError(f"{type(self).__name__}.select needs exact top-k selection, not threshold_mode.")
+        return self._select(x)
 
     def _check_shape(self, x: Tensor) -> None:
         if x.dim() < 1 or x.shape[-1] != self.units:

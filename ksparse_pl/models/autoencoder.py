@@ -11,6 +11,7 @@ from pytorch_lightning.cli import OptimizerCallable
 from torch import Tensor, nn
 
 from ksparse_pl import penalties
+from ksparse_pl.functional import encode_at, scale_grad, sparse_decode
 from ksparse_pl.functional._checks import check_positive_int
 from ksparse_pl.layers import KSparse, KWinners
 from ksparse_pl.metrics import FractionOfVarianceUnexplained
@@ -64,6 +65,12 @@ class SparseAutoencoder(pl.LightningModule):
         dead_after: training samples without firing after which a unit counts as dead for AuxK.
         linear_probe: at the end of fit, fit a logistic regression on the codes of the training split and
             report its test accuracy, and the same on raw inputs (needs labelled data).
+        sparse_path: train without the dense ``(B, hidden_dim)`` code: the decoder sums the k winners'
+            decoder rows per sample and the encoder's backward visits only the k winning rows (Gao et al.);
+            same loss, gradients and layer state as the dense path, far cheaper for wide codes. ``None``:
+            on for top-k codes whose layer has at least ``SPARSE_PATH_MIN_WEIGHTS`` weights (below that the
+            dense path is as fast) when nothing needs the dense code (no ``dropout``, no ``penalty``).
+            Validation, test, ``encode`` and ``decode`` stay dense.
         optimizer: builds the optimizer from the parameters (in configs: a ``class_path`` and ``init_args``).
 
     Example:
@@ -99,6 +106,7 @@ class SparseAutoencoder(pl.LightningModule):
         auxk_coefficient: float = 1 / 32,
         dead_after: int = 10_000,
         linear_probe: bool = False,
+        sparse_path: bool | None = None,
         optimizer: OptimizerCallable = torch.optim.Adam,
     ) -> None:
         super().__init__()
@@ -121,6 +129,7 @@ class SparseAutoencoder(pl.LightningModule):
         self.encoder = nn.Linear(widths[-1], hidden_dim)
         self.sparse = _code_activation(activation, hidden_dim, k, self.hparams)
         self.code_dropout = nn.Dropout(dropout)
+        self.sparse_path = _resolve_sparse_path(sparse_path, activation, hidden_dim * widths[-1], dropout, penalty)
         # A tied decoder is the code layer's weight transposed with a bias of its own; an untied one is a Linear
         # layer (so initializers and LSUV see it) that starts as the encoder's transpose (Gao et al.).
         self.decoder: nn.Linear | None = None
@@ -131,6 +140,11 @@ class SparseAutoencoder(pl.LightningModule):
             self.decoder_bias = nn.Parameter(torch.zeros(input_dim))
         else:
             self.decoder = nn.Linear(hidden_dim, input_dim)
+            if self.sparse_path:
+                # Stored transposed, so that each unit's decoder row is contiguous and the sparse decode reads
+                # k rows per sample without copying the weight; it is still a (input_dim, hidden_dim) weight.
+                self.decoder.weight = nn.Parameter(torch.empty(hidden_dim, input_dim).t())
+                self.decoder.reset_parameters()
             if not encoder_hidden:
                 with torch.no_grad():
                     self.decoder.weight.copy_(self.encoder.weight.t())
@@ -174,9 +188,14 @@ class SparseAutoencoder(pl.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         x = self._flat(inputs_of(batch))
-        pre = self.preactivation(x)
-        code = self.code_dropout(self.sparse(pre))
-        recon = self.decode(code)
+        features = self.trunk(x)
+        if self.sparse_path:
+            pre, recon, fired = self._sparse_reconstruction(features)
+        else:
+            pre = self.encoder(features)
+            code = self.code_dropout(self.sparse(pre))
+            recon = self.decode(code)
+            fired = (code != 0).any(dim=0)
         loss = F.mse_loss(recon, x)
         self.log("train/mse", loss, prog_bar=True)
         hp = self._options
@@ -185,25 +204,52 @@ class SparseAutoencoder(pl.LightningModule):
             self.log("train/penalty", penalty)
             loss = loss + hp.penalty_weight * penalty
         with torch.no_grad():
-            fired = (code != 0).any(dim=0)
             self.idle_samples = torch.where(fired, 0, self.idle_samples + len(x))
         if hp.auxk > 0:
-            auxk = self._auxk_loss(x - recon.detach(), pre)
+            auxk = self._auxk_loss(x - recon.detach(), pre, features)
             self.log("train/auxk", auxk)
             loss = loss + hp.auxk_coefficient * auxk
         return loss
 
-    def _auxk_loss(self, residual: Tensor, pre: Tensor) -> Tensor:
+    def _sparse_reconstruction(self, features: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The training forward of ``sparse_path``: ``(preactivation without grad, reconstruction, fired units)``."""
+        weight, bias = self.encoder.weight, self.encoder.bias
+        with torch.no_grad():
+            pre = F.linear(features, weight, bias)
+        assert isinstance(self.sparse, KSparse), "sparse_path is only enabled for top-k codes"
+        indices, grad_scale = self.sparse.select(pre)
+        values = encode_at(features, weight, bias, indices, pre)
+        if grad_scale is not None:
+            values = scale_grad(values, grad_scale)
+        if self.sparse.relu:
+            values = values.relu()
+        recon = sparse_decode(values, indices, self._decoder_rows(), self._decoder_bias())
+        fired = torch.zeros(pre.shape[1], dtype=torch.bool, device=pre.device)
+        fired[indices[values.detach() != 0]] = True
+        return pre, recon, fired
+
+    def _decoder_rows(self) -> Tensor:
+        """``(hidden_dim, input_dim)``: row j is unit j's decoding (without bias)."""
+        return self.encoder.weight if self.decoder is None else self.decoder.weight.t()
+
+    def _decoder_bias(self) -> Tensor:
+        bias = self.decoder_bias if self.decoder is None else self.decoder.bias
+        assert bias is not None
+        return bias
+
+    def _auxk_loss(self, residual: Tensor, pre: Tensor, features: Tensor) -> Tensor:
         """Gao et al.: the top dead units alone reconstruct the residual, normalized by its variance."""
         dead = self.idle_samples >= self._options.dead_after
         k_aux = min(self._options.auxk, int(dead.sum()))
         if k_aux == 0:
             return pre.new_zeros(())
-        masked = pre.masked_fill(~dead, float("-inf"))
-        values, indices = masked.topk(k_aux, dim=1)
-        code = torch.zeros_like(pre).scatter(1, indices, values.relu())
-        weight = self.encoder.weight.t() if self.decoder is None else self.decoder.weight
-        reconstruction = code @ weight.t()  # no bias: it reconstructs a residual
+        indices = pre.detach().masked_fill(~dead, float("-inf")).topk(k_aux, dim=1).indices
+        if self.sparse_path:
+            values = encode_at(features, self.encoder.weight, self.encoder.bias, indices, pre).relu()
+            reconstruction = sparse_decode(values, indices, self._decoder_rows())
+        else:
+            code = torch.zeros_like(pre).scatter(1, indices, pre.gather(1, indices).relu())
+            reconstruction = code @ self._decoder_rows()  # no bias: it reconstructs a residual
         return (reconstruction - residual).square().sum() / (residual - residual.mean(0)).square().sum().clamp_min(
             1e-12
         )
@@ -271,6 +317,26 @@ class SparseAutoencoder(pl.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer_factory(self.parameters())
+
+
+SPARSE_PATH_MIN_WEIGHTS = 2**18
+"""Code-layer weights (``hidden_dim`` x its fan-in) from which ``sparse_path=None`` turns the sparse path on.
+
+Measured on a 2-core CPU (one Adam step, k = 16-32): 0.8x the dense step at 64 x 256, 1.0x at 64 x 1024,
+1.2x faster at 768 x 512 and 784 x 1000, 2x at 768 x 4096.
+"""
+
+
+def _resolve_sparse_path(requested: bool | None, activation: str, weights: int, dropout: float, penalty: str) -> bool:
+    possible = activation in ("ksparse", "kwinners") and dropout == 0 and penalty == "none"
+    if requested is None:
+        return possible and weights >= SPARSE_PATH_MIN_WEIGHTS
+    if requested and not possible:
+        raise ValueError(
+            "`sparse_path=True` needs a top-k code (`activation` 'ksparse' or 'kwinners') with no `dropout` and no "
+            f"`penalty`, but got activation={activation!r}, dropout={dropout!r}, penalty={penalty!r}."
+        )
+    return requested
 
 
 def _code_activation(name: str, width: int, k: int | None, hp: Any) -> nn.Module:

@@ -36,8 +36,9 @@ def test_penalty_enters_the_loss() -> None:
     assert losses[1] - losses[0] == pytest.approx(10.0 * expected_penalty, rel=1e-4)
 
 
-def test_auxk_trains_dead_units_only() -> None:
-    model = SparseAutoencoder(16, 32, k=2, auxk=4, dead_after=1)
+@pytest.mark.parametrize("sparse_path", [False, True])
+def test_auxk_trains_dead_units_only(sparse_path: bool) -> None:
+    model = SparseAutoencoder(16, 32, k=2, auxk=4, dead_after=1, sparse_path=sparse_path)
     model.log = lambda *a, **k: None
     x = torch.rand(8, 16)
     with torch.no_grad():
@@ -45,7 +46,7 @@ def test_auxk_trains_dead_units_only() -> None:
     dead = ~(code != 0).any(0)
     model.idle_samples.fill_(5)
     model.idle_samples[~dead] = 0
-    loss = model._auxk_loss(x - model.decode(code), model.preactivation(x))
+    loss = model._auxk_loss(x - model.decode(code), model.preactivation(x), x)  # linear encoder: features = x
     assert loss.item() > 0
     loss.backward()
     grad_rows = model.encoder.weight.grad.abs().sum(dim=1)
