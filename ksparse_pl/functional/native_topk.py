@@ -77,9 +77,9 @@ def take_rows(src: Tensor, indices: Tensor, factors: Tensor | None = None, relu:
     rows = src.reshape(-1, n).contiguous()
     index_rows = indices.reshape(-1, k).contiguous()
     factor_rows = None if factors is None else factors.to(torch.float32).reshape(-1, k).contiguous()
-    # torch fills the zeros with all its threads (first touches of fresh memory are the slow part); the
-    # kernel only writes the k winners per row, in one thread, as a second one's start costs more than it saves.
-    out = torch.zeros_like(rows)
+    # The kernel zeroes each row and writes its winners in one visit, on torch's threads: first touches of
+    # fresh memory (page faults) are most of the cost.
+    out = torch.empty_like(rows)
     if rows.shape[0]:
         lib.ksparse_take_rows(
             rows.data_ptr(),
@@ -90,7 +90,7 @@ def take_rows(src: Tensor, indices: Tensor, factors: Tensor | None = None, relu:
             rows.shape[0],
             n,
             k,
-            1,
+            torch.get_num_threads(),
         )
     return out.view(src.shape)
 

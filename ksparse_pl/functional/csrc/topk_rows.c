@@ -379,6 +379,7 @@ static void *take_slice(void *arg) {
         const float *src = job->src + row * job->n;
         const int64_t *idx = job->indices + row * job->k;
         float *dst = job->dst + row * job->n;
+        memset(dst, 0, job->n * sizeof(float));
         for (int64_t j = 0; j < job->k; j++) {
             float v = src[idx[j]];
             if (job->relu && v < 0.0f) v = 0.0f;
@@ -416,7 +417,7 @@ int ksparse_topk_rows(const float *scores, int64_t *indices, int64_t rows, int64
     return run_rows(select_slice, &job, rows, threads);
 }
 
-/* dst[r, indices[r, j]] = src[r, indices[r, j]] (ReLU'd if relu) * factors[r, j]; the rest of dst is left as it is. */
+/* dst[r, :] = 0 but dst[r, indices[r, j]] = src[r, indices[r, j]] (ReLU'd if relu) * factors[r, j]. */
 int ksparse_take_rows(const float *src, const int64_t *indices, const float *factors, int relu, float *dst,
                       int64_t rows, int64_t n, int64_t k, int threads) {
     take_job job = {src, factors, indices, dst, n, k, relu};
