@@ -6,7 +6,8 @@
 Each case is timed as the median of ``--repeats`` runs of forward + backward on a fixed input, after
 warm-up, and reported as a ratio to ReLU on the same input. "in Linear block" adds a Linear(n, n) layer
 in front of both, the way these activations are used. The bytes autograd keeps for backward are
-counted with saved-tensor hooks.
+counted with saved-tensor hooks. A second table times the selection alone: ``topk_indices`` (the compiled
+kernel on CPU float32) against ``torch.topk``, on normal scores and on ReLU'd ones (half of them tied at 0).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 
 from ksparse_pl import KSparse, KWinners
+from ksparse_pl.functional import k_sparse, topk_indices
 
 SHAPES = [(256, 4096, 0.05), (256, 1024, 0.10), (1024, 512, 0.25)]
 
@@ -49,9 +51,21 @@ def saved_bytes(module: nn.Module, x: torch.Tensor) -> int:
     return sum(sizes.values())
 
 
+class KSparseFunction(nn.Module):
+    """``functional.k_sparse``: the selection and sparse output without a layer's training statistics."""
+
+    def __init__(self, k: int) -> None:
+        super().__init__()
+        self.k = k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return k_sparse(x, self.k)
+
+
 def cases(n: int, p: float) -> dict[str, nn.Module]:
     return {
         "ReLU": nn.ReLU(),
+        "k_sparse (function, no state)": KSparseFunction(round(n * p)),
         "KSparse": KSparse(n, percent_on=p),
         "KSparse threshold_mode": KSparse(n, percent_on=p, threshold_mode=True),
         "KWinners (boosting)": KWinners(n, percent_on=p),
@@ -94,6 +108,20 @@ def main() -> None:
                 f"| {batch} | {n} | {p:.0%} | {name} | {alone[name]:.3f} | {alone[name] / alone['ReLU']:.2f} | "
                 f"{block[name] / block['ReLU']:.2f} | {kb:.0f} KiB (ReLU {relu_saved / 1024:.0f}) |"
             )
+    selection_table(args.repeats)
+
+
+def selection_table(repeats: int) -> None:
+    print()
+    print("| B | n | k | scores | topk_indices ms | torch.topk ms | torch.topk / topk_indices |")
+    print("|---|---|---|---|---|---|---|")
+    for batch, n, p in SHAPES:
+        k = round(n * p)
+        normal = torch.randn(batch, n)
+        for name, scores in (("normal", normal), ("ReLU'd", normal.relu())):
+            ours = median_ms(lambda: topk_indices(scores, k), repeats)  # noqa: B023
+            theirs = median_ms(lambda: scores.topk(k, sorted=False), repeats)  # noqa: B023
+            print(f"| {batch} | {n} | {k} | {name} | {ours:.3f} | {theirs:.3f} | {theirs / ours:.1f} |")
 
 
 if __name__ == "__main__":

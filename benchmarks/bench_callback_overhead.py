@@ -9,8 +9,9 @@ and sorted usage plot every ``--log-every`` steps), SensitivitySchedule, DutyCyc
 (from k to k: the schedule runs every step without changing how much work a step does).
 The cost per step is the wall time from the start of step 20 to the end of the run, over the steps: the
 occasional logging step is spread over all of them, as it is in training (the sorted usage plot, rendered
-by matplotlib, is most of it: about 0.1 s per layer per log on a 2-core CPU). Rounds alternate the two
-set-ups so that drift of the machine hits both; the table gives each round and the median ratio.
+by matplotlib, is most of it: about 0.1 s per layer per log on a 2-core CPU). Rounds alternate which set-up
+runs first so that drift of the machine hits both; the table gives each round and the median ratio. As a
+noise-free view, "in hooks" is the time spent inside the four callbacks' batch and epoch hooks, per step.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from ksparse_pl.data import DigitsDataModule
 from ksparse_pl.models import SparseAutoencoder
 
 WARMUP_STEPS = 20
+HOOKS = ("on_train_batch_start", "on_train_batch_end", "on_train_epoch_start", "on_train_epoch_end")
 
 
 class StepClock(pl.Callback):
@@ -57,17 +59,37 @@ class StepClock(pl.Callback):
         return (self.end - self.start) / self.steps
 
 
-def seconds_per_step(with_callbacks: bool, steps: int, log_every: int, hidden: int) -> float:
+def timed_hooks(callback: pl.Callback, clock: StepClock, spent: list[float]) -> pl.Callback:
+    """Wrap ``callback``'s training hooks to add their time (once the clock runs) to ``spent[0]``."""
+    for name in HOOKS:
+        hook = getattr(callback, name)
+
+        def timed(*args: Any, _hook: Any = hook) -> None:
+            start = time.perf_counter()
+            _hook(*args)
+            if clock.start:
+                spent[0] += time.perf_counter() - start
+
+        setattr(callback, name, timed)
+    return callback
+
+
+def seconds_per_step(with_callbacks: bool, steps: int, log_every: int, hidden: int) -> tuple[float, float]:
+    """(wall seconds per step, seconds per step inside the sparse callbacks' hooks)."""
     pl.seed_everything(0, verbose=False)
     model = SparseAutoencoder(64, hidden, k=hidden // 16, activation="kwinners", boost_strength=1.0, sensitivity=True)
     clock = StepClock()
+    spent = [0.0]
     callbacks: list[pl.Callback] = [clock]
     if with_callbacks:
         callbacks += [
-            NodeUsageLogger(every_n_steps=log_every),
-            SensitivitySchedule(s_max_final=1.0),
-            DutyCycleBoosting(boost_strength_factor=0.9),
-            KSchedule(k_start=hidden // 16, k_end=hidden // 16),
+            timed_hooks(callback, clock, spent)
+            for callback in (
+                NodeUsageLogger(every_n_steps=log_every),
+                SensitivitySchedule(s_max_final=1.0),
+                DutyCycleBoosting(boost_strength_factor=0.9),
+                KSchedule(k_start=hidden // 16, k_end=hidden // 16),
+            )
         ]
     with tempfile.TemporaryDirectory() as logs:
         trainer = pl.Trainer(
@@ -76,7 +98,7 @@ def seconds_per_step(with_callbacks: bool, steps: int, log_every: int, hidden: i
             max_steps=steps + WARMUP_STEPS,
             limit_val_batches=0,
             logger=WandbLogger(project="ksparse-pl-bench", save_dir=logs, offline=True),
-            log_every_n_steps=log_every,
+            log_every_n_steps=10,
             callbacks=callbacks,
             enable_checkpointing=False,
             enable_progress_bar=False,
@@ -84,18 +106,20 @@ def seconds_per_step(with_callbacks: bool, steps: int, log_every: int, hidden: i
         )
         trainer.fit(model, DigitsDataModule(batch_size=64))
         wandb.finish()
-    return clock.seconds_per_step
+    return clock.seconds_per_step, spent[0] / clock.steps
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps", type=int, default=1000)
     # About one MNIST epoch at batch 64 (NodeUsageLogger's default interval is one epoch).
     parser.add_argument("--log-every", type=int, default=500)
     parser.add_argument("--hidden", type=int, default=1024)
     args = parser.parse_args()
+    settings = (args.steps, args.log_every, args.hidden)
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    warnings.filterwarnings("ignore", ".*LeafSpec.*")
     os.environ.setdefault("WANDB_SILENT", "true")
     threads = torch.get_num_threads()
     print(f"torch {torch.__version__}, Lightning {pl.__version__}, {platform.machine()}, {threads} threads")
@@ -103,15 +127,21 @@ def main() -> None:
         f"SparseAutoencoder(64, {args.hidden}, kwinners + sensitivity), batch 64, {args.steps} timed steps per run, "
         f"usage logged every {args.log_every} steps"
     )
-    print("| round | bare ms/step | with callbacks ms/step | ratio |")
-    print("|---|---|---|---|")
-    ratios = []
+    print("| round | bare ms/step | with callbacks ms/step | ratio | in hooks ms/step |")
+    print("|---|---|---|---|---|")
+    ratios, shares = [], []
     for round_ in range(args.rounds):
-        bare = seconds_per_step(False, args.steps, args.log_every, args.hidden)
-        full = seconds_per_step(True, args.steps, args.log_every, args.hidden)
+        order = (False, True) if round_ % 2 == 0 else (True, False)
+        results = {with_callbacks: seconds_per_step(with_callbacks, *settings) for with_callbacks in order}
+        (bare, _), (full, hooks) = results[False], results[True]
         ratios.append(full / bare)
-        print(f"| {round_ + 1} | {bare * 1e3:.2f} | {full * 1e3:.2f} | {full / bare:.3f} |", flush=True)
-    print(f"median ratio: {statistics.median(ratios):.3f}")
+        shares.append(hooks / bare)
+        row = f"| {round_ + 1} | {bare * 1e3:.2f} | {full * 1e3:.2f} | {full / bare:.3f} | {hooks * 1e3:.3f} |"
+        print(row, flush=True)
+    print(
+        f"median ratio {statistics.median(ratios):.3f}; time in the callbacks' hooks: "
+        f"{statistics.median(shares):.1%} of a bare step (median)"
+    )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from typing_extensions import override
 
 from ksparse_pl.callbacks._layers import require_sparse_layers, training_progress
 from ksparse_pl.functional._checks import check_positive_int
+from ksparse_pl.layers import SparseActivation
 
 
 class KSchedule(pl.Callback):
@@ -43,6 +44,7 @@ class KSchedule(pl.Callback):
         self.k_end = k_end
         self.fraction = float(fraction)
         self._targets: dict[str, int] = {}
+        self._layers: dict[str, SparseActivation] = {}  # found once per fit: the hook runs every step
 
     @property
     def state_key(self) -> str:
@@ -61,7 +63,8 @@ class KSchedule(pl.Callback):
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        for name, layer in require_sparse_layers(self, pl_module).items():
+        self._layers = require_sparse_layers(self, pl_module)
+        for name, layer in self._layers.items():
             self._targets.setdefault(name, self.k_end if self.k_end is not None else layer.k)
 
     @override
@@ -69,7 +72,7 @@ class KSchedule(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         share = min(1.0, training_progress(trainer, "step") / self.fraction)
-        for name, layer in pl_module.named_modules():
+        for name, layer in self._layers.items():
             if name in self._targets:
                 layer.k = self.k_at(share, self._targets[name])
 

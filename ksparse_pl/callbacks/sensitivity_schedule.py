@@ -9,6 +9,7 @@ from typing_extensions import override
 
 from ksparse_pl.callbacks._layers import require_sparse_layers, training_progress
 from ksparse_pl.callbacks._schedule import ScheduleKind, check_schedule, scheduled_value
+from ksparse_pl.layers import SparseActivation
 
 
 class SensitivitySchedule(pl.Callback):
@@ -51,6 +52,7 @@ class SensitivitySchedule(pl.Callback):
         self.schedule = schedule
         self.interval = interval
         self._start: dict[str, tuple[float, float]] = {}
+        self._layers: dict[str, SparseActivation] = {}  # found once per fit: the hooks run every step
 
     @property
     def state_key(self) -> str:
@@ -66,6 +68,7 @@ class SensitivitySchedule(pl.Callback):
         layers = require_sparse_layers(self, pl_module, lambda m: m.use_sensitivity, "layer with `sensitivity=True`")
         for name, layer in layers.items():
             self._start.setdefault(name, (layer.s_max, layer.tau))  # a resumed run keeps the loaded start
+        self._layers = {name: layer for name, layer in layers.items() if name in self._start}
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -81,9 +84,7 @@ class SensitivitySchedule(pl.Callback):
 
     def _apply(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         progress = training_progress(trainer, self.interval)
-        for name, layer in pl_module.named_modules():
-            if name not in self._start:
-                continue
+        for name, layer in self._layers.items():
             s_max, tau = self._start[name]
             layer.s_max = scheduled_value(self.schedule, s_max, self.s_max_final, progress)
             if self.tau_final is not None:

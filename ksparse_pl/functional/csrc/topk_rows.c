@@ -273,7 +273,11 @@ static float midpoint(float lo, float hi) { return (float)(((double)lo + (double
 static void finish_in_band(const float *s, int64_t n, int64_t k, float lo, float hi, int64_t c_hi, int64_t *idx,
                            uint32_t *work) {
     int64_t m = collect_band(s, n, lo, hi, work);
-    for (int64_t j = 0; j < m; j++) work[j] = key_of(((float *)work)[j]);
+    for (int64_t j = 0; j < m; j++) { /* the band's floats become keys in place (memcpy: no aliasing) */
+        float v;
+        memcpy(&v, &work[j], sizeof v);
+        work[j] = key_of(v);
+    }
     uint32_t kth = rth_largest(work, m, k - c_hi);
     int64_t greater = c_hi, equal = 0;
     for (int64_t j = 0; j < m; j++) {

@@ -1,0 +1,71 @@
+"""SparseAutoencoder's training step with ``sparse_path`` off and on, side by side in one process.
+
+    python benchmarks/bench_autoencoder_paths.py
+
+One step = ``training_step`` (loss, layer state), backward and an Adam step, on a fixed batch. The shapes
+run from the quickstart's to a wide code; where the sparse path starts to win sets the default of
+``SPARSE_PATH_MIN_WEIGHTS`` (the code layer's weight count from which ``sparse_path=None`` turns it on).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from collections.abc import Callable
+
+import torch
+
+from ksparse_pl.models import SparseAutoencoder
+from ksparse_pl.models.autoencoder import SPARSE_PATH_MIN_WEIGHTS
+
+# (input_dim, hidden_dim, k, batch)
+SHAPES = [(64, 256, 16, 64), (64, 1024, 32, 64), (768, 512, 32, 256), (784, 1000, 25, 128), (768, 4096, 32, 256)]
+
+
+def median_ms(fn: Callable[[], None], repeats: int) -> float:
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2] * 1e3
+
+
+def step_ms(input_dim: int, hidden_dim: int, k: int, batch: int, sparse_path: bool, repeats: int) -> float:
+    torch.manual_seed(0)
+    model = SparseAutoencoder(input_dim, hidden_dim, k=k, sparse_path=sparse_path)
+    model.log = lambda *args, **kwargs: None  # type: ignore[method-assign]
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    x = torch.randn(batch, input_dim)
+
+    def step() -> None:
+        optimizer.zero_grad()
+        model.training_step(x, 0).backward()
+        optimizer.step()
+
+    return median_ms(step, repeats)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=30)
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {platform.machine()}, {torch.get_num_threads()} threads")
+    print("| input_dim x hidden_dim | k | batch | dense path ms | sparse path ms | dense / sparse | default |")
+    print("|---|---|---|---|---|---|---|")
+    for input_dim, hidden_dim, k, batch in SHAPES:
+        dense = step_ms(input_dim, hidden_dim, k, batch, False, args.repeats)
+        sparse = step_ms(input_dim, hidden_dim, k, batch, True, args.repeats)
+        default = "sparse" if input_dim * hidden_dim >= SPARSE_PATH_MIN_WEIGHTS else "dense"
+        print(
+            f"| {input_dim} x {hidden_dim} | {k} | {batch} | {dense:.2f} | {sparse:.2f} | {dense / sparse:.2f} | "
+            f"{default} |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
