@@ -74,24 +74,34 @@ def take_rows(src: Tensor, indices: Tensor, factors: Tensor | None = None, relu:
     """A tensor like ``src``, zero but at ``indices`` (last dim), where it holds ``src`` (ReLU'd) * ``factors``."""
     lib = _require_library()
     n, k = src.shape[-1], indices.shape[-1]
+    if indices.dtype != torch.int64 or indices.device.type != "cpu" or indices.shape[:-1] != src.shape[:-1]:
+        raise ValueError(
+            f"take_rows: expected int64 CPU `indices` shaped {(*src.shape[:-1], k)}, but got {indices.dtype} "
+            f"{tuple(indices.shape)} on {indices.device}."
+        )
+    if factors is not None and (factors.device.type != "cpu" or factors.shape != indices.shape):
+        raise ValueError(
+            f"take_rows: expected CPU `factors` shaped like `indices` {tuple(indices.shape)}, but got "
+            f"{tuple(factors.shape)} on {factors.device}."
+        )
     rows = src.reshape(-1, n).contiguous()
     index_rows = indices.reshape(-1, k).contiguous()
     factor_rows = None if factors is None else factors.to(torch.float32).reshape(-1, k).contiguous()
     # The kernel zeroes each row and writes its winners in one visit, on torch's threads: first touches of
     # fresh memory (page faults) are most of the cost.
     out = torch.empty_like(rows)
-    if rows.shape[0]:
-        lib.ksparse_take_rows(
-            rows.data_ptr(),
-            index_rows.data_ptr(),
-            None if factor_rows is None else factor_rows.data_ptr(),
-            int(relu),
-            out.data_ptr(),
-            rows.shape[0],
-            n,
-            k,
-            torch.get_num_threads(),
-        )
+    if rows.shape[0] and lib.ksparse_take_rows(
+        rows.data_ptr(),
+        index_rows.data_ptr(),
+        None if factor_rows is None else factor_rows.data_ptr(),
+        int(relu),
+        out.data_ptr(),
+        rows.shape[0],
+        n,
+        k,
+        torch.get_num_threads(),
+    ):
+        raise IndexError(f"take_rows: an index in `indices` is outside [0, {n}) (the last dim of `src`).")
     return out.view(src.shape)
 
 

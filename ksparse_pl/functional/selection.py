@@ -37,6 +37,7 @@ def topk_indices(scores: Tensor, k: int, dim: int = -1) -> Tensor:
     of :mod:`ksparse_pl.functional.native_topk` answers, in ascending index order, with ties going to the
     lower index; elsewhere ``torch.topk`` does, in its own (deterministic) order.
     """
+    check_k(k, scores.shape[dim])
     if native_applies(scores, dim):
         return topk_rows(scores, k)
     return scores.topk(k, dim=dim, sorted=False).indices

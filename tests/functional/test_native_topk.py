@@ -132,3 +132,18 @@ def test_the_library_is_built_once_into_the_cache(tmp_path) -> None:
     assert run_python(code, env).stdout.strip() == "True"
     assert built[0].stat().st_mtime_ns == stamp
     assert run_python(code, {**env, "KSPARSE_PL_NATIVE": "0"}).stdout.strip() == "False"
+
+
+def test_bad_indices_raise_instead_of_writing_out_of_bounds() -> None:
+    x = torch.randn(2, 5)
+    with pytest.raises(IndexError, match=r"outside \[0, 5\)"):
+        keep_winners(x, torch.tensor([[0, 5], [1, 2]]))
+    with pytest.raises(IndexError, match=r"outside \[0, 5\)"):
+        keep_winners(x, torch.tensor([[0, -1], [1, 2]]))
+    with pytest.raises(ValueError, match="int64"):
+        take_rows(x, torch.tensor([[0, 1], [1, 2]], dtype=torch.int32))
+
+
+def test_k_out_of_range_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="k"):
+        topk_indices(torch.randn(2, 5), 6)

@@ -385,6 +385,7 @@ static void *take_slice(void *arg) {
         float *dst = job->dst + row * job->n;
         memset(dst, 0, job->n * sizeof(float));
         for (int64_t j = 0; j < job->k; j++) {
+            if ((uint64_t)idx[j] >= (uint64_t)job->n) return (void *)1; /* an index outside [0, n) */
             float v = src[idx[j]];
             if (job->relu && v < 0.0f) v = 0.0f;
             dst[idx[j]] = job->factors ? v * job->factors[row * job->k + j] : v;
@@ -421,7 +422,8 @@ int ksparse_topk_rows(const float *scores, int64_t *indices, int64_t rows, int64
     return run_rows(select_slice, &job, rows, threads);
 }
 
-/* dst[r, :] = 0 but dst[r, indices[r, j]] = src[r, indices[r, j]] (ReLU'd if relu) * factors[r, j]. */
+/* dst[r, :] = 0 but dst[r, indices[r, j]] = src[r, indices[r, j]] (ReLU'd if relu) * factors[r, j].
+ * Returns nonzero if an index lies outside [0, n) (dst is then incomplete). */
 int ksparse_take_rows(const float *src, const int64_t *indices, const float *factors, int relu, float *dst,
                       int64_t rows, int64_t n, int64_t k, int threads) {
     take_job job = {src, factors, indices, dst, n, k, relu};
