@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from ksparse_pl import KSparse, KWinners
+from ksparse_pl.functional import keep_winners
 
 
 def test_exactly_k_per_sample_any_leading_shape() -> None:
@@ -246,3 +247,28 @@ def test_data_parallel_replicas_are_refused() -> None:
     with pytest.raises(RuntimeError, match="KWinners cannot keep its training statistics under nn.DataParallel"):
         layer(torch.randn(4, 16))
     layer.eval()(torch.randn(4, 16))  # evaluation keeps no statistics and works anywhere
+
+
+def test_select_gives_the_winners_forward_keeps_and_updates_the_state_alike() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(6, 20)
+    by_forward = KWinners(20, k=3, sensitivity=True, relu=True)
+    by_select = KWinners(20, k=3, sensitivity=True, relu=True)
+    out = by_forward(x)
+    indices, grad_scale = by_select.select(x)
+    assert indices.shape == (6, 3) and grad_scale is not None and grad_scale.shape == (6, 3)
+    assert torch.equal(keep_winners(x, indices, relu=True, grad_scale=grad_scale), out)
+    for name, buffer in by_forward.named_buffers():
+        assert torch.equal(getattr(by_select, name), buffer), name
+
+
+@pytest.mark.parametrize(
+    ("layer", "x", "message"),
+    [
+        (KSparse(8, k=2), torch.randn(2, 3, 8), r"select expects input \(B, n=8\)"),
+        (KSparse(8, k=2, threshold_mode=True), torch.randn(2, 8), "threshold_mode"),
+    ],
+)
+def test_select_refuses_what_it_cannot_serve(layer: KSparse, x: torch.Tensor, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        layer.select(x)
