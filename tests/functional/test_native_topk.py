@@ -29,6 +29,10 @@ ROWS = {
     "rows on different scales": lambda b, n: torch.randn(b, n) * torch.rand(b, 1) * 100 + torch.randn(b, 1) * 50,
     "huge and tiny magnitudes": lambda b, n: torch.randn(b, n) * 10.0 ** torch.randint(-30, 30, (b, n)).float(),
     "constant": lambda b, n: torch.full((b, n), 0.25),
+    "NaN and infinities": lambda b, n: (
+        torch.randn(b, n).masked_fill(torch.rand(b, n) < 0.02, float("nan"))
+        * torch.where(torch.rand(b, n) < 0.02, float("inf"), 1.0)
+    ),
 }
 
 

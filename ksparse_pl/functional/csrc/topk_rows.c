@@ -28,22 +28,35 @@ typedef struct {
     int finite; /* no NaN and no infinity in the row */
 } row_stats;
 
-/* ---------------------------------------------------------------- portable kernels */
-static row_stats stats_portable(const float *s, int64_t n) {
-    row_stats r = {INFINITY, -INFINITY, 0.0f, 0.0f, 1};
-    double sum = 0.0, sumsq = 0.0;
+/* Running sums behind row_stats; the AVX2 kernel fills them 8 lanes at a time and adds its tail here. */
+typedef struct {
+    float min, max;
+    double sum, sumsq;
+    int finite;
+} stats_sums;
+
+static void add_to_sums(stats_sums *a, const float *s, int64_t n) {
     for (int64_t i = 0; i < n; i++) {
         float v = s[i];
-        if (!isfinite(v)) r.finite = 0;
-        r.min = v < r.min ? v : r.min;
-        r.max = v > r.max ? v : r.max;
-        sum += v;
-        sumsq += (double)v * v;
+        if (!isfinite(v)) a->finite = 0;
+        a->min = v < a->min ? v : a->min;
+        a->max = v > a->max ? v : a->max;
+        a->sum += v;
+        a->sumsq += (double)v * v;
     }
-    double mean = sum / n, var = sumsq / n - mean * mean;
-    r.mean = (float)mean;
-    r.std = (float)sqrt(var > 0.0 ? var : 0.0);
+}
+
+static row_stats stats_of_sums(const stats_sums *a, int64_t n) {
+    double mean = a->sum / n, var = a->sumsq / n - mean * mean;
+    row_stats r = {a->min, a->max, (float)mean, (float)sqrt(var > 0.0 ? var : 0.0), a->finite};
     return r;
+}
+
+/* ---------------------------------------------------------------- portable kernels */
+static row_stats stats_portable(const float *s, int64_t n) {
+    stats_sums a = {INFINITY, -INFINITY, 0.0, 0.0, 1};
+    add_to_sums(&a, s, n);
+    return stats_of_sums(&a, n);
 }
 
 static int64_t count_portable(const float *s, int64_t n, float t) {
@@ -111,20 +124,9 @@ __attribute__((target("avx2,fma"))) static row_stats stats_avx2(const float *s, 
         sum = _mm256_add_ps(sum, v);
         sumsq = _mm256_fmadd_ps(v, v, sumsq);
     }
-    row_stats r = {hmin(lo), hmax(hi), 0.0f, 0.0f, _mm256_movemask_ps(bad) == 0};
-    double total = hsum(sum), total_sq = hsum(sumsq);
-    for (int64_t i = body; i < n; i++) {
-        float v = s[i];
-        if (!isfinite(v)) r.finite = 0;
-        r.min = v < r.min ? v : r.min;
-        r.max = v > r.max ? v : r.max;
-        total += v;
-        total_sq += (double)v * v;
-    }
-    double mean = total / n, var = total_sq / n - mean * mean;
-    r.mean = (float)mean;
-    r.std = (float)sqrt(var > 0.0 ? var : 0.0);
-    return r;
+    stats_sums a = {hmin(lo), hmax(hi), hsum(sum), hsum(sumsq), _mm256_movemask_ps(bad) == 0};
+    add_to_sums(&a, s + body, n - body);
+    return stats_of_sums(&a, n);
 }
 
 __attribute__((target("avx2"))) static int64_t count_avx2(const float *s, int64_t n, float t) {
