@@ -14,27 +14,16 @@ from __future__ import annotations
 
 import argparse
 import platform
-import time
 from collections.abc import Callable
 
 import torch
+from _timing import median_ms
 from torch import nn
 
 from ksparse_pl import KSparse, KWinners
 from ksparse_pl.functional import k_sparse, topk_indices
 
 SHAPES = [(256, 4096, 0.05), (256, 1024, 0.10), (1024, 512, 0.25)]
-
-
-def median_ms(fn: Callable[[], None], repeats: int) -> float:
-    for _ in range(5):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2] * 1e3
 
 
 def saved_bytes(module: nn.Module, x: torch.Tensor) -> int:

@@ -11,27 +11,15 @@ from __future__ import annotations
 
 import argparse
 import platform
-import time
-from collections.abc import Callable
 
 import torch
+from _timing import median_ms
 
 from ksparse_pl.models import SparseAutoencoder
 from ksparse_pl.models.autoencoder import SPARSE_PATH_MIN_WEIGHTS
 
 # (input_dim, hidden_dim, k, batch)
 SHAPES = [(64, 256, 16, 64), (64, 1024, 32, 64), (768, 512, 32, 256), (784, 1000, 25, 128), (768, 4096, 32, 256)]
-
-
-def median_ms(fn: Callable[[], None], repeats: int) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2] * 1e3
 
 
 def step_ms(input_dim: int, hidden_dim: int, k: int, batch: int, sparse_path: bool, repeats: int) -> float:
@@ -46,7 +34,7 @@ def step_ms(input_dim: int, hidden_dim: int, k: int, batch: int, sparse_path: bo
         model.training_step(x, 0).backward()
         optimizer.step()
 
-    return median_ms(step, repeats)
+    return median_ms(step, repeats, warmup=3)
 
 
 def main() -> None:

@@ -20,23 +20,13 @@ import platform
 import resource
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from _timing import median_ms
 
 from ksparse_pl.functional import keep_winners, sparse_decode, topk_encode, topk_indices
-
-
-def median_s(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
 
 
 def make_params(m: int, d: int) -> list[torch.Tensor]:
@@ -142,17 +132,17 @@ def main() -> None:
         for name, forward in (("sparse", sparse_forward), ("dense", dense_forward)):
             params = make_params(m, args.d)
             optimizer = make_optimizer(args.optimizer, params)
-            timings[name] = median_s(train_step(forward, params, optimizer, x, args.k), args.repeats)
+            timings[name] = median_ms(train_step(forward, params, optimizer, x, args.k), args.repeats, warmup=1)
         params = make_params(m, args.d)
         optimizer = make_optimizer(args.optimizer, params)
         F.mse_loss(sparse_forward(x, *params, args.k), x).backward()  # grads in place for the optimizer step
         with torch.no_grad():
-            matmul = median_s(lambda: F.linear(x, params[0], params[1]), args.repeats)  # noqa: B023
-        update = median_s(optimizer.step, args.repeats)
+            matmul = median_ms(lambda: F.linear(x, params[0], params[1]), args.repeats, warmup=1)  # noqa: B023
+        update = median_ms(optimizer.step, args.repeats, warmup=1)
         floor = matmul + update
         memory = {path: memory_in_fresh_process(path, m) for path in ("sparse", "dense")}
         print(
-            f"| {m} | {floor * 1e3:.1f} | {timings['sparse'] * 1e3:.1f} | {timings['dense'] * 1e3:.1f} | "
+            f"| {m} | {floor:.1f} | {timings['sparse']:.1f} | {timings['dense']:.1f} | "
             f"{timings['sparse'] / floor:.2f} | {timings['dense'] / timings['sparse']:.2f} | "
             f"{memory['sparse']['saved_mib']:.1f} / {memory['dense']['saved_mib']:.1f} | "
             f"{memory['sparse']['peak_growth_mib']:.0f} / {memory['dense']['peak_growth_mib']:.0f} |",
