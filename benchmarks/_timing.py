@@ -1,7 +1,8 @@
-"""The one timing rule of the benchmarks: the median wall time of repeated calls, after warm-up calls."""
+"""The timing rules of the benchmarks: medians of repeated calls, and ratios taken in interleaved rounds."""
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable
 
@@ -16,3 +17,21 @@ def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 5) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return sorted(times)[len(times) // 2] * 1e3
+
+
+def interleaved_ms(fns: dict[str, Callable[[], object]], rounds: int, repeats: int) -> dict[str, list[float]]:
+    """Per round, the median milliseconds of ``repeats`` calls of every function, the functions one after another.
+
+    On a shared machine the speed drifts over seconds; ratios taken within a round compare the functions
+    under the same conditions, and their median over the rounds is what the benchmarks report.
+    """
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            times[name].append(median_ms(fn, repeats, warmup=2))
+    return times
+
+
+def median_ratio(times: dict[str, list[float]], name: str, baseline: str) -> float:
+    """The median over rounds of ``name``'s time over ``baseline``'s (from :func:`interleaved_ms`)."""
+    return statistics.median(t / b for t, b in zip(times[name], times[baseline], strict=True))

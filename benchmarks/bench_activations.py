@@ -1,11 +1,13 @@
 """Forward+backward cost of the k-sparse layers relative to ReLU, side by side in one process.
 
     python benchmarks/bench_activations.py            # the three default shapes
-    python benchmarks/bench_activations.py --repeats 200 --threads 2
+    python benchmarks/bench_activations.py --rounds 30 --threads 2
 
-Each case is timed as the median of ``--repeats`` runs of forward + backward on a fixed input, after
-warm-up, and reported as a ratio to ReLU on the same input. "in Linear block" adds a Linear(n, n) layer
-in front of both, the way these activations are used. The bytes autograd keeps for backward are
+Each case is forward + backward on a fixed input. The cases take turns: ``--rounds`` rounds, each timing
+every case as the median of ``--repeats`` runs; a case's ratio to ReLU is the median over the rounds of
+its ratio within the round (this machine's speed drifts by a third over seconds), its time the median
+over rounds. "in Linear block" adds a Linear(n, n) layer in front of both, the way these activations are
+used. The bytes autograd keeps for backward are
 counted with saved-tensor hooks. A second table times the selection alone: ``topk_indices`` (the compiled
 kernel on CPU float32) against ``torch.topk``, on normal scores and on ReLU'd ones (half of them tied at 0).
 """
@@ -14,10 +16,11 @@ from __future__ import annotations
 
 import argparse
 import platform
+import statistics
 from collections.abc import Callable
 
 import torch
-from _timing import median_ms
+from _timing import interleaved_ms, median_ratio
 from torch import nn
 
 from ksparse_pl import KSparse, KWinners
@@ -72,7 +75,8 @@ def step(module: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> Callable[[],
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -85,22 +89,22 @@ def main() -> None:
         grad = torch.randn(batch, n)
         linear = nn.Linear(n, n)
         layers = cases(n, p)
-        alone = {name: median_ms(step(m, x, grad), args.repeats) for name, m in layers.items()}
-        block = {
-            name: median_ms(step(nn.Sequential(linear, m), x, grad), max(args.repeats // 4, 10))
-            for name, m in layers.items()
-        }
+        alone = interleaved_ms({name: step(m, x, grad) for name, m in layers.items()}, args.rounds, args.repeats)
+        block = interleaved_ms(
+            {name: step(nn.Sequential(linear, m), x, grad) for name, m in layers.items()}, args.rounds, args.repeats
+        )
         relu_saved = saved_bytes(layers["ReLU"], x)
         for name, m in layers.items():
             kb = saved_bytes(m, x) / 1024
             print(
-                f"| {batch} | {n} | {p:.0%} | {name} | {alone[name]:.3f} | {alone[name] / alone['ReLU']:.2f} | "
-                f"{block[name] / block['ReLU']:.2f} | {kb:.0f} KiB (ReLU {relu_saved / 1024:.0f}) |"
+                f"| {batch} | {n} | {p:.0%} | {name} | {statistics.median(alone[name]):.3f} | "
+                f"{median_ratio(alone, name, 'ReLU'):.2f} | {median_ratio(block, name, 'ReLU'):.2f} | "
+                f"{kb:.0f} KiB (ReLU {relu_saved / 1024:.0f}) |"
             )
-    selection_table(args.repeats)
+    selection_table(args.rounds, args.repeats)
 
 
-def selection_table(repeats: int) -> None:
+def selection_table(rounds: int, repeats: int) -> None:
     print()
     print("| B | n | k | scores | topk_indices ms | torch.topk ms | torch.topk / topk_indices |")
     print("|---|---|---|---|---|---|---|")
@@ -108,9 +112,19 @@ def selection_table(repeats: int) -> None:
         k = round(n * p)
         normal = torch.randn(batch, n)
         for name, scores in (("normal", normal), ("ReLU'd", normal.relu())):
-            ours = median_ms(lambda: topk_indices(scores, k), repeats)  # noqa: B023
-            theirs = median_ms(lambda: scores.topk(k, sorted=False), repeats)  # noqa: B023
-            print(f"| {batch} | {n} | {k} | {name} | {ours:.3f} | {theirs:.3f} | {theirs / ours:.1f} |")
+            times = interleaved_ms(
+                {
+                    "ours": lambda: topk_indices(scores, k),  # noqa: B023
+                    "torch": lambda: scores.topk(k, sorted=False),  # noqa: B023
+                },
+                rounds,
+                repeats,
+            )
+            ours, theirs = statistics.median(times["ours"]), statistics.median(times["torch"])
+            print(
+                f"| {batch} | {n} | {k} | {name} | {ours:.3f} | {theirs:.3f} | "
+                f"{median_ratio(times, 'torch', 'ours'):.1f} |"
+            )
 
 
 if __name__ == "__main__":

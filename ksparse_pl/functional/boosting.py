@@ -45,5 +45,5 @@ def update_duty_cycle(
         >>> update_duty_cycle(torch.zeros(2), torch.tensor([3.0, 1.0]), 4, 4, 1000)
         tensor([0.7500, 0.2500])
     """
-    p = torch.clamp(torch.as_tensor(samples_seen, device=duty_cycle.device).clamp(max=period), min=batch_size)
+    p = torch.as_tensor(samples_seen, device=duty_cycle.device).clamp(max=period).clamp(min=batch_size)
     return (duty_cycle * (p - batch_size) + counts) / p

@@ -24,6 +24,7 @@ import subprocess
 import tempfile
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -40,7 +41,7 @@ def native_topk_enabled() -> bool:
 
 
 def native_applies(x: Tensor, dim: int) -> bool:
-    """Whether :func:`topk_rows` / :func:`take_rows` serve ``x`` along ``dim`` (float32, CPU, last dim)."""
+    """Whether :func:`select_rows` / :func:`take_rows` serve ``x`` along ``dim`` (float32, CPU, last dim)."""
     return (
         x.device.type == "cpu"
         and x.dtype == torch.float32
@@ -51,23 +52,64 @@ def native_applies(x: Tensor, dim: int) -> bool:
     )
 
 
-def topk_rows(scores: Tensor, k: int) -> Tensor:
-    """Indices of the ``k`` largest scores along the last dim, in ascending index order.
+class RowSelection(NamedTuple):
+    """What :func:`select_rows` returns: the winners, and what was asked for besides."""
 
-    NaN ranks above every number, ``-0.0`` ties with ``0.0``, and among tied scores the lower index wins.
-    ``scores`` must be a float32 CPU tensor and ``k`` in ``[1, n]`` (checked by the callers).
+    indices: Tensor  #: ``(..., k)`` int64, ascending along the last dim
+    output: Tensor | None  #: like ``x``: ``x`` at the winners (ReLU'd with ``relu``), 0 elsewhere
+    counts: Tensor | None  #: ``(n,)`` int64: in how many rows each column won
+
+
+def select_rows(
+    x: Tensor,
+    k: int,
+    *,
+    boost: Tensor | None = None,
+    by_magnitude: bool = False,
+    output: bool = False,
+    relu: bool = False,
+    counts: bool = False,
+) -> RowSelection:
+    """The ``k`` largest scores of every row (last dim) of ``x``, with the sparse output and winner counts.
+
+    The scores are ``x`` (``|x|`` with ``by_magnitude``), times ``boost`` (``(n,)``) if given: computed per
+    row inside the kernel, so no scores tensor is built, and the output is written while the row is in
+    cache. NaN ranks above every number, ``-0.0`` ties with ``0.0``, and among tied scores the lower index
+    wins. ``x`` must be a float32 CPU tensor and ``k`` in ``[1, n]`` (checked by the callers).
     """
     lib = _require_library()
-    n = scores.shape[-1]
-    rows = scores.reshape(-1, n).contiguous()
+    n = x.shape[-1]
+    if boost is not None and (boost.shape != (n,) or boost.device.type != "cpu"):
+        raise ValueError(
+            f"select_rows: expected a CPU `boost` of shape ({n},), but got {tuple(boost.shape)} on {boost.device}."
+        )
+    rows = x.reshape(-1, n).contiguous()
+    factors = None if boost is None else boost.to(torch.float32).contiguous()
     indices = torch.empty(rows.shape[0], k, dtype=torch.int64)
-    # The kernel's first guess of the threshold, in standard deviations above a row's mean.
-    z = statistics.NormalDist().inv_cdf(1 - k / n) if k < n else 0.0
-    if rows.shape[0] and lib.ksparse_topk_rows(
-        rows.data_ptr(), indices.data_ptr(), rows.shape[0], n, k, z, torch.get_num_threads()
+    out = torch.empty_like(rows) if output else None
+    wins = torch.zeros(n, dtype=torch.int64) if counts else None
+    if rows.shape[0] and lib.ksparse_select_rows(
+        rows.data_ptr(),
+        None if factors is None else factors.data_ptr(),
+        int(by_magnitude),
+        indices.data_ptr(),
+        None if out is None else out.data_ptr(),
+        int(relu),
+        None if wins is None else wins.data_ptr(),
+        rows.shape[0],
+        n,
+        k,
+        _first_guess(k, n),
+        torch.get_num_threads(),
     ):
-        raise MemoryError("ksparse_pl's top-k kernel could not allocate its row buffer")
-    return indices.view(*scores.shape[:-1], k)
+        raise MemoryError("ksparse_pl's top-k kernel could not allocate its row buffers")
+    return RowSelection(indices.view(*x.shape[:-1], k), None if out is None else out.view(x.shape), wins)
+
+
+@functools.lru_cache(maxsize=256)
+def _first_guess(k: int, n: int) -> float:
+    """The kernel's first guess of a row's threshold, in standard deviations above its mean (normal rows)."""
+    return statistics.NormalDist().inv_cdf(1 - k / n) if k < n else 0.0
 
 
 def take_rows(src: Tensor, indices: Tensor, factors: Tensor | None = None, relu: bool = False) -> Tensor:
@@ -87,8 +129,7 @@ def take_rows(src: Tensor, indices: Tensor, factors: Tensor | None = None, relu:
     rows = src.reshape(-1, n).contiguous()
     index_rows = indices.reshape(-1, k).contiguous()
     factor_rows = None if factors is None else factors.to(torch.float32).reshape(-1, k).contiguous()
-    # The kernel zeroes each row and writes its winners in one visit, on torch's threads: first touches of
-    # fresh memory (page faults) are most of the cost.
+    # The kernel zeroes each row and writes its winners in one visit, on torch's threads.
     out = torch.empty_like(rows)
     if rows.shape[0] and lib.ksparse_take_rows(
         rows.data_ptr(),
@@ -128,8 +169,21 @@ def _library() -> ctypes.CDLL | None:
             stacklevel=3,
         )
         return None
-    pointer, i64 = ctypes.c_void_p, ctypes.c_int64
-    lib.ksparse_topk_rows.argtypes = [pointer, pointer, i64, i64, i64, ctypes.c_float, ctypes.c_int]
+    pointer, i64, flag = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    lib.ksparse_select_rows.argtypes = [
+        pointer,  # x
+        pointer,  # boost
+        flag,  # by_magnitude
+        pointer,  # indices
+        pointer,  # dst
+        flag,  # relu
+        pointer,  # counts
+        i64,  # rows
+        i64,  # n
+        i64,  # k
+        ctypes.c_float,  # z
+        ctypes.c_int,  # threads
+    ]
     lib.ksparse_take_rows.argtypes = [pointer, pointer, pointer, ctypes.c_int, pointer, i64, i64, i64, ctypes.c_int]
     lib.ksparse_init()
     return lib

@@ -13,7 +13,8 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ksparse_pl.functional._checks import check_float_input, check_k
-from ksparse_pl.functional.native_topk import native_applies, take_rows, topk_rows
+from ksparse_pl.functional.boosting import winner_counts
+from ksparse_pl.functional.native_topk import native_applies, select_rows, take_rows
 
 
 def selection_scores(x: Tensor, *, by_magnitude: bool = False, boost_factors: Tensor | None = None) -> Tensor:
@@ -39,7 +40,7 @@ def topk_indices(scores: Tensor, k: int, dim: int = -1) -> Tensor:
     """
     check_k(k, scores.shape[dim])
     if native_applies(scores, dim):
-        return topk_rows(scores, k)
+        return select_rows(scores, k).indices
     return scores.topk(k, dim=dim, sorted=False).indices
 
 
@@ -102,11 +103,7 @@ class _KeepWinnersRows(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, indices: Tensor, relu: bool, grad_scale: Tensor | None) -> Tensor:
-        factors = grad_scale
-        if relu:
-            positive = x.gather(-1, indices) > 0
-            factors = positive.float() if factors is None else factors * positive
-        ctx.save_for_backward(indices, factors)
+        ctx.save_for_backward(indices, _winner_factors(x, indices, relu, grad_scale))
         return take_rows(x, indices, relu=relu)
 
     @staticmethod
@@ -114,6 +111,73 @@ class _KeepWinnersRows(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None]:
         indices, factors = ctx.saved_tensors
         return take_rows(grad, indices, factors), None, None, None
+
+
+class _SelectRows(torch.autograd.Function):
+    """:func:`select_and_keep` by the native kernel: selection, output and counts in one pass over ``x``."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, x: Tensor, k: int, boost: Tensor | None, by_magnitude: bool, relu: bool, counts: bool
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        selection = select_rows(x, k, boost=boost, by_magnitude=by_magnitude, output=True, relu=relu, counts=counts)
+        ctx.save_for_backward(selection.indices, _winner_factors(x, selection.indices, relu, None))
+        ctx.mark_non_differentiable(selection.indices)
+        return selection.output, selection.indices, selection.counts  # type: ignore[return-value]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor, *_: Any) -> tuple[Tensor, None, None, None, None, None]:
+        indices, factors = ctx.saved_tensors
+        return take_rows(grad, indices, factors), None, None, None, None, None
+
+
+def _winner_factors(x: Tensor, indices: Tensor, relu: bool, grad_scale: Tensor | None) -> Tensor | None:
+    """Per-winner gradient factors: ``grad_scale``, and 0 where ReLU zeroed a winner; None if all are 1."""
+    if not relu:
+        return grad_scale
+    positive = (x.gather(-1, indices) > 0).float()
+    return positive if grad_scale is None else grad_scale * positive
+
+
+def select_and_keep(
+    x: Tensor,
+    k: int,
+    *,
+    dim: int = -1,
+    by_magnitude: bool = False,
+    boost_factors: Tensor | None = None,
+    relu: bool = False,
+    counts: bool = False,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Top-k selection and its sparse output in one step: what a k-sparse layer does without sensitivity.
+
+    Equals ``keep_winners(x, topk_indices(selection_scores(x, ...), k, dim), dim=dim, relu=relu)``; on CPU
+    float32 along the last dim one kernel pass per row does it all (no scores tensor, no second read of
+    ``x``).
+
+    Args:
+        x: activations.
+        k: winners per slice, in ``[1, x.shape[dim]]``.
+        dim: the unit dimension.
+        by_magnitude: rank by ``|x|``.
+        boost_factors: per-unit factors of the scores, broadcasting against ``x``.
+        relu: zero negative winners.
+        counts: also return how many slices each index along ``dim`` won in.
+
+    Returns:
+        ``(output, indices, counts)``: the sparse output, the winners along ``dim``, and the ``(x.shape[dim],)``
+        int64 win counts (None unless ``counts``).
+    """
+    check_float_input(x)
+    n = x.shape[dim]
+    check_k(k, n)
+    if native_applies(x, dim) and (boost_factors is None or boost_factors.shape == (n,)):
+        return _SelectRows.apply(x, k, boost_factors, by_magnitude, relu, counts)
+    scores = selection_scores(x, by_magnitude=by_magnitude, boost_factors=boost_factors)
+    indices = topk_indices(scores, k, dim=dim)
+    out = keep_winners(x, indices, dim=dim, relu=relu)
+    return out, indices, winner_counts(indices, n) if counts else None
 
 
 def keep_masked(x: Tensor, mask: Tensor, *, relu: bool = False, grad_scale: Tensor | None = None) -> Tensor:
@@ -148,7 +212,4 @@ def k_sparse(x: Tensor, k: int, *, dim: int = -1, by_magnitude: bool = False, re
         >>> k_sparse(torch.tensor([[0.5, -3.0, 2.0, 1.0]]), 2, by_magnitude=True)
         tensor([[ 0., -3.,  2.,  0.]])
     """
-    check_float_input(x)
-    check_k(k, x.shape[dim])
-    indices = topk_indices(selection_scores(x, by_magnitude=by_magnitude), k, dim=dim)
-    return keep_winners(x, indices, dim=dim, relu=relu)
+    return select_and_keep(x, k, dim=dim, by_magnitude=by_magnitude, relu=relu)[0]

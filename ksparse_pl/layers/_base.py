@@ -12,6 +12,7 @@ from ksparse_pl.functional import (
     keep_masked,
     keep_winners,
     last_selected,
+    select_and_keep,
     selection_scores,
     sensitivity_across,
     sensitivity_factors_at,
@@ -29,7 +30,7 @@ from ksparse_pl.functional._checks import (
     inference_k,
     resolve_k,
 )
-from ksparse_pl.layers._distributed import gather_statistics
+from ksparse_pl.layers._distributed import distributed, gather_statistics
 
 # State that must keep full precision whatever dtype the module is cast to (``.half()``, "16-true").
 _FLOAT32_STATE = ("duty_cycle", "sensitivity", "boost_strength")
@@ -154,21 +155,36 @@ class SparseActivation(nn.Module):
         if self.threshold_mode:
             mask = threshold_mask(self._scores(candidates), self._active_k, dim=self._dim)
             out = self._forward_mask(candidates, mask)
-        else:
+        elif self.training and self.use_sensitivity:
             indices, grad_scale = self._select(candidates)
             out = keep_winners(candidates, indices, dim=self._dim, relu=self.relu, grad_scale=grad_scale)
+        else:
+            # Without per-winner gradient factors, selection and output are one step (one kernel pass on CPU).
+            out, _, counts = select_and_keep(
+                candidates,
+                self._active_k,
+                dim=self._dim,
+                by_magnitude=self.by_magnitude,
+                boost_factors=self._boost(),
+                relu=self.relu,
+                counts=self.training,
+            )
+            if counts is not None:
+                self._update_state(self._unit_counts(counts), candidates, None)
         return self._restore(out, x)
 
     @property
     def _active_k(self) -> int:
         return self._k if self.training else self.k_inference
 
+    def _boost(self) -> Tensor | None:
+        """The boost factor of every candidate along the unit dim, or None without boosting."""
+        if not self.boosting:
+            return None
+        return self._per_candidate(boost_factors(self.duty_cycle, self._k / self.width, self.boost_strength))
+
     def _scores(self, candidates: Tensor) -> Tensor:
-        boost = None
-        if self.boosting:
-            target = self._k / self.width
-            boost = self._per_candidate(boost_factors(self.duty_cycle, target, self.boost_strength))
-        return selection_scores(candidates, by_magnitude=self.by_magnitude, boost_factors=boost)
+        return selection_scores(candidates, by_magnitude=self.by_magnitude, boost_factors=self._boost())
 
     def _select(self, candidates: Tensor) -> tuple[Tensor, Tensor | None]:
         """The winners' indices along the unit dim and (training with sensitivity) their gradient factors.
@@ -202,8 +218,7 @@ class SparseActivation(nn.Module):
         ``counts[j]``: how often unit ``j`` won in this process's batch (at any position); ``pairs``: the
         ``(sample, unit)`` selections, for sensitivity. Under ``torch.distributed`` the counts are summed
         and the sensitivity arithmetic runs over the processes' samples in rank order, so every rank
-        ends with the state one process would have over the global batch. The buffers are replaced rather
-        than written in place: under ``ddp_spawn`` on CPU the processes' initial tensors share memory.
+        ends with the state one process would have over the global batch.
 
         Returns:
             The sensitivity factor of every pair (None without sensitivity).
@@ -215,27 +230,42 @@ class SparseActivation(nn.Module):
             )
         batch = candidates.shape[0]
         with torch.no_grad():
+            self._own_state()
+            if pairs is None and not distributed():
+                self._add_wins(counts, batch, self._positions(candidates))
+                return None
             last = last_selected(*pairs, self.units) if pairs is not None else counts.new_empty(0)
             local = torch.cat([counts, last, counts.new_tensor([batch])])
             gathered, rank = gather_statistics(local)  # (R, n + len(last) + 1)
             sizes = gathered[:, -1]
-            total = sizes.sum()
             factors = None
             if pairs is not None:
                 start, final = sensitivity_across(
                     gathered[:, self.units : 2 * self.units], sizes, rank, self.sensitivity, self._s_max, self._tau
                 )
                 factors = sensitivity_factors_at(*pairs, start, batch, self._s_max, self._tau)
-                self.sensitivity = final
-            counts = gathered[:, : self.units].sum(0)
-            self.selection_count = self.selection_count + counts
-            self.samples_seen = self.samples_seen + total
-            # A unit winning at a share of a sample's positions counts as that share of a sample.
-            per_sample = counts.float() / self._positions(candidates)
-            self.duty_cycle = update_duty_cycle(
-                self.duty_cycle, per_sample, total, self.samples_seen, self.duty_cycle_period
-            )
+                self.sensitivity.copy_(final)
+            self._add_wins(gathered[:, : self.units].sum(0), sizes.sum(), self._positions(candidates))
         return factors
+
+    def _add_wins(self, counts: Tensor, total: int | Tensor, positions: int) -> None:
+        """Selection counts, samples seen and duty cycle after ``total`` samples, with ``counts[j]`` wins of unit j."""
+        self.selection_count.add_(counts)
+        self.samples_seen.add_(total)
+        # A unit winning at a share of a sample's positions counts as that share of a sample.
+        self.duty_cycle.copy_(
+            update_duty_cycle(self.duty_cycle, counts / positions, total, self.samples_seen, self.duty_cycle_period)
+        )
+
+    def _own_state(self) -> None:
+        """Give the layer its own copy of the state it updates in place, if its memory is shared.
+
+        Under ``ddp_spawn`` on CPU the processes start from tensors in shared memory; written in place,
+        one rank's update would reach the others.
+        """
+        if self.duty_cycle.is_shared():
+            for name in ("duty_cycle", "sensitivity", "samples_seen", "selection_count"):
+                setattr(self, name, getattr(self, name).clone())
 
     def _pairs_from_ids(self, unit_ids: Tensor) -> tuple[Tensor, Tensor]:
         """``(sample, unit)`` pairs of the selections, each once (a unit may win at several positions)."""
@@ -263,6 +293,10 @@ class SparseActivation(nn.Module):
         raise NotImplementedError
 
     def _unit_ids(self, indices: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _unit_counts(self, candidate_counts: Tensor) -> Tensor:
+        """Wins per candidate index along the unit dim -> wins per unit."""
         raise NotImplementedError
 
     def _per_candidate(self, per_unit: Tensor) -> Tensor:

@@ -131,6 +131,9 @@ class KSparse(SparseActivation):
     def _unit_ids(self, indices: Tensor) -> Tensor:
         return indices
 
+    def _unit_counts(self, candidate_counts: Tensor) -> Tensor:
+        return candidate_counts
+
     def _pairs_from_ids(self, unit_ids: Tensor) -> tuple[Tensor, Tensor]:
         # Each unit wins at most once per sample here: the winners are the pairs, no (S, n) mask needed.
         samples, k = unit_ids.shape

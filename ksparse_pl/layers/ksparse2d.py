@@ -123,6 +123,10 @@ class KSparse2d(SparseActivation):
     def _unit_ids(self, indices: Tensor) -> Tensor:
         return indices if self.mode == "channel" else indices.div(self._area, rounding_mode="floor")
 
+    def _unit_counts(self, candidate_counts: Tensor) -> Tensor:
+        # channel mode: the candidates are the channels; global: channel-major (C*H*W,) positions
+        return candidate_counts if self.mode == "channel" else candidate_counts.view(self.units, -1).sum(1)
+
     def _per_candidate(self, per_unit: Tensor) -> Tensor:
         if self.mode == "channel":
             return per_unit.view(-1, 1, 1)  # (C,) -> (C, 1, 1)

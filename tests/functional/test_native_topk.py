@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from ksparse_pl.functional import k_sparse, keep_winners, topk_indices
-from ksparse_pl.functional.native_topk import native_topk_enabled, take_rows, topk_rows
+from ksparse_pl.functional.native_topk import native_topk_enabled, select_rows, take_rows
+from ksparse_pl.functional.selection import select_and_keep
 
 pytestmark = pytest.mark.skipif(not native_topk_enabled(), reason="no C compiler to build the kernel")
 
@@ -18,6 +19,10 @@ def reference_winners(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Winners by the kernel's rule, computed slowly: stable descending sort, so ties go to lower indices."""
     order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
     return order[..., :k].sort(dim=-1).values
+
+
+def topk_rows(scores: torch.Tensor, k: int) -> torch.Tensor:
+    return select_rows(scores, k).indices
 
 
 ROWS = {
@@ -42,6 +47,58 @@ def test_same_winners_as_a_stable_sort(rows: str, n: int, k: int) -> None:
     torch.manual_seed(n + k)
     scores = ROWS[rows](16, n)
     assert torch.equal(topk_rows(scores, k), reference_winners(scores, k))
+
+
+@pytest.mark.parametrize("rows", ["normal", "relu (ties at zero)", "NaN and infinities"])
+@pytest.mark.parametrize("by_magnitude", [False, True])
+@pytest.mark.parametrize("boosted", [False, True])
+@pytest.mark.parametrize("relu", [False, True])
+def test_scores_output_and_counts_in_one_pass(rows: str, by_magnitude: bool, boosted: bool, relu: bool) -> None:
+    torch.manual_seed(1)
+    x = ROWS[rows](24, 700)
+    boost = torch.rand(700) * 2 if boosted else None
+    scores = x.abs() if by_magnitude else x
+    if boost is not None:
+        scores = scores * boost
+    winners = reference_winners(scores, 35)
+    values = x.gather(1, winners)
+    expected = torch.zeros_like(x).scatter(1, winners, values.clamp(min=0) if relu else values)
+
+    result = select_rows(x, 35, boost=boost, by_magnitude=by_magnitude, output=True, relu=relu, counts=True)
+    assert torch.equal(result.indices, winners)
+    torch.testing.assert_close(result.output, expected, rtol=0, atol=0, equal_nan=True)
+    assert torch.equal(result.counts, torch.bincount(winners.reshape(-1), minlength=700))
+    plain = select_rows(x, 35, boost=boost, by_magnitude=by_magnitude)
+    assert plain.output is None and plain.counts is None and torch.equal(plain.indices, winners)
+
+
+def test_boost_of_the_wrong_shape_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"boost.*\(5,\)"):
+        select_rows(torch.randn(2, 5), 2, boost=torch.ones(4))
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_select_and_keep_matches_the_composition_and_the_torch_path(relu: bool) -> None:
+    torch.manual_seed(2)
+    x = torch.randn(16, 300, dtype=torch.float64).float().requires_grad_()
+    boost = torch.rand(300) + 0.5
+    out, indices, counts = select_and_keep(x, 20, boost_factors=boost, by_magnitude=True, relu=relu, counts=True)
+    grad_out = torch.randn(16, 300)
+    (grad,) = torch.autograd.grad(out, x, grad_out)
+
+    expected_indices = topk_indices(x.detach().abs() * boost, 20)
+    expected = keep_winners(x, expected_indices, relu=relu)
+    (expected_grad,) = torch.autograd.grad(expected, x, grad_out)
+    assert torch.equal(indices, expected_indices)
+    assert torch.equal(counts, torch.bincount(expected_indices.reshape(-1), minlength=300))
+    assert torch.equal(out, expected) and torch.equal(grad, expected_grad)
+
+    # float64 takes torch.topk: the same winners (no ties here), in torch's order
+    out64, indices64, counts64 = select_and_keep(
+        x.double(), 20, boost_factors=boost.double(), by_magnitude=True, relu=relu, counts=True
+    )
+    assert torch.equal(indices64.sort(dim=1).values, indices)
+    assert torch.equal(counts64, counts) and torch.equal(out64.float(), out)
 
 
 def test_ties_go_to_the_lower_index_and_minus_zero_ties_with_zero() -> None:

@@ -65,23 +65,42 @@ static int64_t count_portable(const float *s, int64_t n, float t) {
     return c;
 }
 
-/* The scores in [lo, hi), as floats written into out (in index order). */
-static int64_t band_portable(const float *s, int64_t n, float lo, float hi, void *out) {
-    float *values = out;
-    int64_t m = 0;
-    for (int64_t i = 0; i < n; i++)
-        if (s[i] >= lo && s[i] < hi) values[m++] = s[i];
-    return m;
-}
-
-static int64_t collect_portable(const float *s, int64_t n, float t, int64_t *idx, int32_t *scratch) {
-    (void)scratch;
+/* The ids of the scores >= t (ids[i], or i when ids is NULL) in order to out, and the scores to values
+ * unless it is NULL; returns how many.  out and values have room for n + 8. */
+static int64_t collect_portable(const float *s, const int32_t *ids, int64_t n, float t, int32_t *out, float *values) {
     int64_t o = 0;
     for (int64_t i = 0; i < n; i++) {
-        idx[o] = i;
+        out[o] = ids ? ids[i] : (int32_t)i;
+        if (values) values[o] = s[i];
         o += s[i] >= t;
     }
     return o;
+}
+
+/* key_of for a finite score, without branches. */
+static inline uint32_t finite_key(float v) {
+    float w = v + 0.0f; /* -0 becomes +0 */
+    uint32_t u;
+    memcpy(&u, &w, sizeof u);
+    return u ^ ((uint32_t)((int32_t)u >> 31) | 0x80000000u);
+}
+
+/* The keys of the finite scores below hi, in order, to keys (room for n + 8); returns how many. */
+static int64_t keys_below_portable(const float *s, int64_t n, float hi, uint32_t *keys) {
+    int64_t b = 0;
+    for (int64_t i = 0; i < n; i++) {
+        keys[b] = finite_key(s[i]);
+        b += s[i] < hi;
+    }
+    return b;
+}
+
+/* The selection scores of a row: |x| if by_magnitude, times the per-column boost if given. */
+static void scores_portable(const float *x, const float *boost, int by_magnitude, int64_t n, float *out) {
+    for (int64_t i = 0; i < n; i++) {
+        float v = by_magnitude ? fabsf(x[i]) : x[i];
+        out[i] = boost ? v * boost[i] : v;
+    }
 }
 
 /* ---------------------------------------------------------------- AVX2 kernels (chosen at run time) */
@@ -110,35 +129,43 @@ __attribute__((target("avx2"))) static double hsum(__m256 v) {
     return m;
 }
 
+/* Two sets of accumulators, so that the adds do not wait on each other.  A NaN makes the sum NaN and an
+ * infinity makes the sum or the extremes infinite, so the row is finite when they are (a sum of squares
+ * that overflows only sends a huge but finite row down the generic path, which is exact too). */
 __attribute__((target("avx2,fma"))) static row_stats stats_avx2(const float *s, int64_t n) {
-    int64_t body = n - n % 8;
-    __m256 lo = _mm256_set1_ps(INFINITY), hi = _mm256_set1_ps(-INFINITY);
-    __m256 sum = _mm256_setzero_ps(), sumsq = _mm256_setzero_ps(), bad = _mm256_setzero_ps();
-    const __m256 inf = _mm256_set1_ps(INFINITY), sign = _mm256_set1_ps(-0.0f);
-    for (int64_t i = 0; i < body; i += 8) {
-        __m256 v = _mm256_loadu_ps(s + i);
-        /* |v| is NaN or infinite exactly when it is not < inf (unordered compares are false) */
-        bad = _mm256_or_ps(bad, _mm256_cmp_ps(_mm256_andnot_ps(sign, v), inf, _CMP_NLT_UQ));
+    int64_t body = n - n % 16;
+    __m256 lo = _mm256_set1_ps(INFINITY), hi = _mm256_set1_ps(-INFINITY), lo2 = lo, hi2 = hi;
+    __m256 sum = _mm256_setzero_ps(), sumsq = sum, sum2 = sum, sumsq2 = sum;
+    for (int64_t i = 0; i < body; i += 16) {
+        __m256 v = _mm256_loadu_ps(s + i), w = _mm256_loadu_ps(s + i + 8);
         lo = _mm256_min_ps(lo, v);
         hi = _mm256_max_ps(hi, v);
         sum = _mm256_add_ps(sum, v);
         sumsq = _mm256_fmadd_ps(v, v, sumsq);
+        lo2 = _mm256_min_ps(lo2, w);
+        hi2 = _mm256_max_ps(hi2, w);
+        sum2 = _mm256_add_ps(sum2, w);
+        sumsq2 = _mm256_fmadd_ps(w, w, sumsq2);
     }
-    stats_sums a = {hmin(lo), hmax(hi), hsum(sum), hsum(sumsq), _mm256_movemask_ps(bad) == 0};
+    lo = _mm256_min_ps(lo, lo2);
+    hi = _mm256_max_ps(hi, hi2);
+    double total = hsum(sum) + hsum(sum2), squares = hsum(sumsq) + hsum(sumsq2);
+    stats_sums a = {hmin(lo), hmax(hi), total, squares, isfinite(total) && isfinite(squares)};
+    a.finite = a.finite && isfinite(a.min) && isfinite(a.max);
     add_to_sums(&a, s + body, n - body);
     return stats_of_sums(&a, n);
 }
 
 __attribute__((target("avx2"))) static int64_t count_avx2(const float *s, int64_t n, float t) {
-    int64_t body = n - n % 8;
+    int64_t body = n - n % 16;
     __m256 tv = _mm256_set1_ps(t);
-    __m256i acc = _mm256_setzero_si256();
-    for (int64_t i = 0; i < body; i += 8) {
-        __m256 ge = _mm256_cmp_ps(_mm256_loadu_ps(s + i), tv, _CMP_GE_OQ);
-        acc = _mm256_sub_epi32(acc, _mm256_castps_si256(ge)); /* a true lane is -1 */
+    __m256i acc = _mm256_setzero_si256(), acc2 = acc;
+    for (int64_t i = 0; i < body; i += 16) { /* a true lane is -1 */
+        acc = _mm256_sub_epi32(acc, _mm256_castps_si256(_mm256_cmp_ps(_mm256_loadu_ps(s + i), tv, _CMP_GE_OQ)));
+        acc2 = _mm256_sub_epi32(acc2, _mm256_castps_si256(_mm256_cmp_ps(_mm256_loadu_ps(s + i + 8), tv, _CMP_GE_OQ)));
     }
     int32_t lanes[8];
-    _mm256_storeu_si256((__m256i *)lanes, acc);
+    _mm256_storeu_si256((__m256i *)lanes, _mm256_add_epi32(acc, acc2));
     int64_t c = 0;
     for (int j = 0; j < 8; j++) c += lanes[j];
     return c + count_portable(s + body, n - body, t);
@@ -157,60 +184,74 @@ static void init_compress(void) {
     }
 }
 
-/* Writes the indices of the scores >= t to idx (int64), using packed int32 lanes in scratch (n + 8). */
-__attribute__((target("avx2,popcnt"))) static int64_t collect_avx2(const float *s, int64_t n, float t, int64_t *idx,
-                                                                   int32_t *scratch) {
+/* collect_portable; whole vectors of lanes are stored, hence the room for n + 8. */
+__attribute__((target("avx2,popcnt"))) static int64_t collect_avx2(const float *s, const int32_t *ids, int64_t n,
+                                                                   float t, int32_t *out, float *values) {
     int64_t body = n - n % 8, o = 0;
     __m256 tv = _mm256_set1_ps(t);
     __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), eight = _mm256_set1_epi32(8);
     for (int64_t i = 0; i < body; i += 8) {
-        unsigned mask = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(s + i), tv, _CMP_GE_OQ));
+        __m256 v = _mm256_loadu_ps(s + i);
+        unsigned mask = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(v, tv, _CMP_GE_OQ));
         __m256i order = _mm256_loadu_si256((const __m256i *)COMPRESS[mask]);
-        _mm256_storeu_si256((__m256i *)(scratch + o), _mm256_permutevar8x32_epi32(lanes, order));
+        __m256i id = ids ? _mm256_loadu_si256((const __m256i *)(ids + i)) : lanes;
+        _mm256_storeu_si256((__m256i *)(out + o), _mm256_permutevar8x32_epi32(id, order));
+        if (values) _mm256_storeu_ps(values + o, _mm256_permutevar8x32_ps(v, order));
         o += _mm_popcnt_u32(mask);
         lanes = _mm256_add_epi32(lanes, eight);
     }
-    for (int64_t i = body; i < n; i++) {
-        scratch[o] = (int32_t)i;
-        o += s[i] >= t;
-    }
-    for (int64_t j = 0; j < o; j++) idx[j] = scratch[j];
-    return o;
+    int64_t tail = collect_portable(s + body, ids ? ids + body : NULL, n - body, t, out + o, values ? values + o : NULL);
+    if (!ids)
+        for (int64_t j = o; j < o + tail; j++) out[j] += (int32_t)body;
+    return o + tail;
 }
 
-__attribute__((target("avx2,bmi"))) static int64_t band_avx2(const float *s, int64_t n, float lo, float hi, void *out) {
-    float *values = out;
-    int64_t body = n - n % 8, m = 0;
-    __m256 lov = _mm256_set1_ps(lo), hiv = _mm256_set1_ps(hi);
+__attribute__((target("avx2,popcnt"))) static int64_t keys_below_avx2(const float *s, int64_t n, float hi,
+                                                                      uint32_t *keys) {
+    int64_t body = n - n % 8, b = 0;
+    __m256 hv = _mm256_set1_ps(hi), zero = _mm256_setzero_ps();
+    __m256i top = _mm256_set1_epi32((int)0x80000000u);
     for (int64_t i = 0; i < body; i += 8) {
         __m256 v = _mm256_loadu_ps(s + i);
-        __m256 in = _mm256_and_ps(_mm256_cmp_ps(v, lov, _CMP_GE_OQ), _mm256_cmp_ps(v, hiv, _CMP_LT_OQ));
-        unsigned mask = (unsigned)_mm256_movemask_ps(in);
-        while (mask) {
-            values[m++] = s[i + _tzcnt_u32(mask)];
-            mask &= mask - 1;
-        }
+        unsigned mask = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(v, hv, _CMP_LT_OQ));
+        __m256i u = _mm256_castps_si256(_mm256_add_ps(v, zero)); /* finite_key, 8 lanes at a time */
+        __m256i key = _mm256_xor_si256(u, _mm256_or_si256(_mm256_srai_epi32(u, 31), top));
+        __m256i order = _mm256_loadu_si256((const __m256i *)COMPRESS[mask]);
+        _mm256_storeu_si256((__m256i *)(keys + b), _mm256_permutevar8x32_epi32(key, order));
+        b += _mm_popcnt_u32(mask);
     }
-    return m + band_portable(s + body, n - body, lo, hi, values + m);
+    return b + keys_below_portable(s + body, n - body, hi, keys + b);
+}
+
+__attribute__((target("avx2"))) static void scores_avx2(const float *x, const float *boost, int by_magnitude,
+                                                        int64_t n, float *out) {
+    int64_t body = n - n % 8;
+    __m256 keep = _mm256_castsi256_ps(_mm256_set1_epi32(by_magnitude ? 0x7FFFFFFF : -1)); /* |v|: no sign bit */
+    for (int64_t i = 0; i < body; i += 8) {
+        __m256 v = _mm256_and_ps(_mm256_loadu_ps(x + i), keep);
+        _mm256_storeu_ps(out + i, boost ? _mm256_mul_ps(v, _mm256_loadu_ps(boost + i)) : v);
+    }
+    scores_portable(x + body, boost ? boost + body : NULL, by_magnitude, n - body, out + body);
 }
 #endif
 
 static row_stats (*stats)(const float *, int64_t) = stats_portable;
 static int64_t (*count_at_least)(const float *, int64_t, float) = count_portable;
-static int64_t (*collect_at_least)(const float *, int64_t, float, int64_t *, int32_t *) = collect_portable;
-static int64_t (*collect_band)(const float *, int64_t, float, float, void *) = band_portable;
+static int64_t (*collect_at_least)(const float *, const int32_t *, int64_t, float, int32_t *, float *) = collect_portable;
+static int64_t (*keys_below)(const float *, int64_t, float, uint32_t *) = keys_below_portable;
+static void (*row_scores)(const float *, const float *, int, int64_t, float *) = scores_portable;
 
 /* Picks the kernels for this CPU; returns 1 when the AVX2 ones are in use. */
 int ksparse_init(void) {
 #ifdef KSPARSE_X86
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi") &&
-        __builtin_cpu_supports("popcnt")) {
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("popcnt")) {
         stats = stats_avx2;
         count_at_least = count_avx2;
         init_compress();
         collect_at_least = collect_avx2;
-        collect_band = band_avx2;
+        keys_below = keys_below_avx2;
+        row_scores = scores_avx2;
         return 1;
     }
 #endif
@@ -270,40 +311,40 @@ static void select_by_keys(const float *s, int64_t n, int64_t k, int64_t *idx, u
 
 static float midpoint(float lo, float hi) { return (float)(((double)lo + (double)hi) * 0.5); }
 
-/* Winners once the k-th score is known to lie in [lo, hi), with count(hi) = c_hi scores above: the
- * r = k - c_hi largest of the band are found among its few values (in work). */
+/* Winners once the k-th largest score is known to lie in [lo, hi), with c_hi scores >= hi: one pass gathers
+ * the scores >= lo (cand, and their values), and the k - c_hi largest of those below hi join the ones above.
+ * Which side of a bracket a score falls on is unpredictable, so the candidates are sifted by vector
+ * compares rather than branches. */
 static void finish_in_band(const float *s, int64_t n, int64_t k, float lo, float hi, int64_t c_hi, int64_t *idx,
-                           uint32_t *work) {
-    int64_t m = collect_band(s, n, lo, hi, work);
-    for (int64_t j = 0; j < m; j++) { /* the band's floats become keys in place (memcpy: no aliasing) */
-        float v;
-        memcpy(&v, &work[j], sizeof v);
-        work[j] = key_of(v);
+                           int32_t *cand, float *values, uint32_t *keys) {
+    int64_t m = collect_at_least(s, NULL, n, lo, cand, values);
+    int64_t b = keys_below(values, m, hi, keys);
+    uint32_t kth = rth_largest(keys, b, k - c_hi);
+    int64_t above = c_hi, equal = 0;
+    for (int64_t j = 0; j < b; j++) {
+        above += keys[j] > kth;
+        equal += keys[j] == kth;
     }
-    uint32_t kth = rth_largest(work, m, k - c_hi);
-    int64_t greater = c_hi, equal = 0;
-    for (int64_t j = 0; j < m; j++) {
-        greater += work[j] > kth;
-        equal += work[j] == kth;
-    }
-    float t;
-    uint32_t bits = kth & 0x80000000u ? kth ^ 0x80000000u : ~kth; /* back from key to float */
-    memcpy(&t, &bits, sizeof t);
-    if (greater + equal == k) { /* no tie at the k-th score: exactly k scores >= t */
-        collect_at_least(s, n, t, idx, (int32_t *)work);
+    if (above + equal == k) { /* no tie at the k-th score: exactly k candidates are >= it */
+        float t;
+        uint32_t bits = kth & 0x80000000u ? kth ^ 0x80000000u : ~kth; /* back from key to float */
+        memcpy(&t, &bits, sizeof t);
+        int32_t *winners = (int32_t *)keys;
+        collect_at_least(values, cand, m, t, winners, NULL);
+        for (int64_t j = 0; j < k; j++) idx[j] = winners[j];
         return;
     }
-    int64_t ties = k - greater, o = 0; /* tied k-th scores: the lower indices win */
-    for (int64_t i = 0; i < n && o < k; i++)
-        if (s[i] > t || (s[i] == t && ties-- > 0)) idx[o++] = i;
+    int64_t ties = k - above, o = 0; /* tied k-th scores: the lower indices win */
+    for (int64_t j = 0; j < m && o < k; j++) {
+        uint32_t key = finite_key(values[j]);
+        if (key > kth || (key == kth && ties-- > 0)) idx[o++] = cand[j];
+    }
 }
 
-/* Returns 0 (the caller takes the generic path) for rows with a NaN or an infinite score. */
-static int select_by_threshold(const float *s, int64_t n, int64_t k, float z, int64_t *idx, uint32_t *work) {
-    if (k == n) {
-        for (int64_t i = 0; i < n; i++) idx[i] = i;
-        return 1;
-    }
+/* Returns 0 (the caller takes the generic path) for rows with a NaN or an infinite score.  z: the normal
+ * quantile of 1 - k/n, density: the normal density at z. */
+static int select_by_threshold(const float *s, int64_t n, int64_t k, float z, double density, int64_t *idx,
+                               int32_t *cand, float *values, uint32_t *keys) {
     row_stats r = stats(s, n);
     if (!r.finite) return 0;
     /* Invariant: count(lo) = c_lo > k > c_hi = count(hi), where count(t) is the number of scores >= t. */
@@ -312,7 +353,7 @@ static int select_by_threshold(const float *s, int64_t n, int64_t k, float z, in
     /* The first guess and the first step assume a normal row: k/n of it lies z deviations above the mean,
      * where the count falls by about n * density(z) / std per unit of threshold. */
     float t = r.mean + z * r.std;
-    double slope = -(double)n * exp(-0.5 * (double)z * z) * 0.3989422804014327 / (r.std > 0.0f ? r.std : 1.0f);
+    double slope = -(double)n * density / (r.std > 0.0f ? r.std : 1.0f);
     float t_prev = t;
     int64_t c_prev = -1;
     for (int tries = 0; tries < MAX_TRIES && c_lo - c_hi > BAND; tries++) {
@@ -320,7 +361,8 @@ static int select_by_threshold(const float *s, int64_t n, int64_t k, float z, in
         if (!(t > lo && t < hi)) break; /* neighbouring floats: the band holds one (tied) value */
         int64_t c = count_at_least(s, n, t);
         if (c == k) {
-            collect_at_least(s, n, t, idx, (int32_t *)work);
+            collect_at_least(s, NULL, n, t, cand, NULL);
+            for (int64_t j = 0; j < k; j++) idx[j] = cand[j];
             return 1;
         }
         if (c > k) {
@@ -339,16 +381,32 @@ static int select_by_threshold(const float *s, int64_t n, int64_t k, float z, in
         double target = c > k ? k - BAND / 4 : k + BAND / 4;
         t = (float)((double)t + (target - (double)c) / slope);
     }
-    finish_in_band(s, n, k, lo, hi, c_hi, idx, work);
+    finish_in_band(s, n, k, lo, hi, c_hi, idx, cand, values, keys);
     return 1;
+}
+
+/* cand and values: room for n + 8 each; keys: n. */
+static void select_row(const float *s, int64_t n, int64_t k, float z, double density, int64_t *idx, int32_t *cand,
+                       float *values, uint32_t *keys) {
+    if (k == n) {
+        for (int64_t i = 0; i < n; i++) idx[i] = i;
+    } else if (!select_by_threshold(s, n, k, z, density, idx, cand, values, keys)) {
+        select_by_keys(s, n, k, idx, keys);
+    }
 }
 
 /* ---------------------------------------------------------------- rows split over threads */
 typedef struct {
-    const float *scores;
-    int64_t *indices;
+    const float *x;     /* (rows, n) activations */
+    const float *boost; /* (n,) factors the scores are multiplied by, or NULL */
+    int by_magnitude;   /* rank by |x| */
+    int64_t *indices;   /* (rows, k) out: the winners, ascending */
+    float *dst;         /* (rows, n) out, or NULL: x at the winners (ReLU'd if relu), 0 elsewhere */
+    int relu;
+    int64_t *counts;    /* (n,) out, or NULL: how many rows each column won in */
     int64_t n, k;
     float z;
+    double density; /* of the standard normal at z */
 } select_job;
 
 typedef struct {
@@ -364,15 +422,51 @@ typedef struct {
     int64_t begin, end;
 } slice;
 
+/* dst = 0 but dst[idx[j]] = src[idx[j]] (ReLU'd if relu) * factors[j] (1 without factors).
+ * Returns 0 if an index lies outside [0, n). */
+static int write_row(const float *src, const int64_t *idx, const float *factors, int relu, int64_t n, int64_t k,
+                     float *dst) {
+    memset(dst, 0, n * sizeof(float));
+    for (int64_t j = 0; j < k; j++) {
+        if ((uint64_t)idx[j] >= (uint64_t)n) return 0;
+        float v = src[idx[j]];
+        if (relu && v < 0.0f) v = 0.0f;
+        dst[idx[j]] = factors ? v * factors[j] : v;
+    }
+    return 1;
+}
+
 static void *select_slice(void *arg) {
     const slice *sl = arg;
     const select_job *job = sl->job;
-    uint32_t *work = malloc((job->n + 8) * sizeof(uint32_t)); /* + 8: collect_avx2 stores whole vectors */
+    int64_t n = job->n, k = job->k;
+    int scored = job->boost || job->by_magnitude;
+    /* cand, values, keys: n + 8 for the whole vectors the AVX2 kernels store; scores, counts: n */
+    char *work = malloc((n + 8) * (sizeof(int32_t) + sizeof(float) + sizeof(uint32_t)) + n * (sizeof(float) + sizeof(int64_t)));
     if (!work) return (void *)1;
+    int32_t *cand = (int32_t *)work;
+    float *values = (float *)(cand + n + 8);
+    uint32_t *keys = (uint32_t *)(values + n + 8);
+    float *scores = (float *)(keys + n + 8);
+    int64_t *counts = (int64_t *)(scores + n);
+    if (job->counts) memset(counts, 0, n * sizeof(int64_t));
     for (int64_t row = sl->begin; row < sl->end; row++) {
-        const float *s = job->scores + row * job->n;
-        int64_t *idx = job->indices + row * job->k;
-        if (!select_by_threshold(s, job->n, job->k, job->z, idx, work)) select_by_keys(s, job->n, job->k, idx, work);
+        const float *x = job->x + row * n, *s = x;
+        int64_t *idx = job->indices + row * k;
+        if (scored) {
+            row_scores(x, job->boost, job->by_magnitude, n, scores);
+            s = scores;
+        }
+        select_row(s, n, k, job->z, job->density, idx, cand, values, keys);
+        if (job->dst) write_row(x, idx, NULL, job->relu, n, k, job->dst + row * n); /* idx in range by construction */
+        if (job->counts)
+            for (int64_t j = 0; j < k; j++) counts[idx[j]]++;
+    }
+    if (job->counts) {
+#ifdef _OPENMP
+#pragma omp critical(ksparse_counts)
+#endif
+        for (int64_t i = 0; i < n; i++) job->counts[i] += counts[i];
     }
     free(work);
     return NULL;
@@ -382,25 +476,24 @@ static void *take_slice(void *arg) {
     const slice *sl = arg;
     const take_job *job = sl->job;
     for (int64_t row = sl->begin; row < sl->end; row++) {
-        const float *src = job->src + row * job->n;
-        const int64_t *idx = job->indices + row * job->k;
-        float *dst = job->dst + row * job->n;
-        memset(dst, 0, job->n * sizeof(float));
-        for (int64_t j = 0; j < job->k; j++) {
-            if ((uint64_t)idx[j] >= (uint64_t)job->n) return (void *)1; /* an index outside [0, n) */
-            float v = src[idx[j]];
-            if (job->relu && v < 0.0f) v = 0.0f;
-            dst[idx[j]] = job->factors ? v * job->factors[row * job->k + j] : v;
-        }
+        const float *factors = job->factors ? job->factors + row * job->k : NULL;
+        if (!write_row(job->src + row * job->n, job->indices + row * job->k, factors, job->relu, job->n, job->k,
+                       job->dst + row * job->n))
+            return (void *)1; /* an index outside [0, n) */
     }
     return NULL;
 }
 
-/* Runs fn over [0, rows) in contiguous slices, one per thread; returns 0 on success.  The threads are
+#define GRAIN 32768 /* at::internal::GRAIN_SIZE */
+
+/* Runs fn over [0, rows) of n entries in contiguous slices, one per thread; returns 0 on success.  The threads are
  * OpenMP's: loaded after torch, this library shares torch's OpenMP runtime (same soname), so the kernel
  * runs on the pool that torch's own CPU ops use instead of competing with its spinning threads. */
-static int run_rows(void *(*fn)(void *), const void *job, int64_t rows, int threads) {
-    if (threads > rows) threads = (int)rows;
+static int run_rows(void *(*fn)(void *), const void *job, int64_t rows, int64_t n, int threads) {
+    /* At most one thread per GRAIN scores, as torch's own parallel loops: waking a thread for a small
+     * batch costs more than the work, all the more on a busy machine. */
+    int64_t useful = rows * n / GRAIN;
+    if (threads > useful) threads = (int)useful;
     if (threads < 1) threads = 1;
     int failed = 0;
 #ifdef _OPENMP
@@ -417,11 +510,14 @@ static int run_rows(void *(*fn)(void *), const void *job, int64_t rows, int thre
     return failed;
 }
 
-/* indices[r, :] = the k largest of scores[r, :], ascending; z: normal quantile of 1 - k/n (first guess). */
-int ksparse_topk_rows(const float *scores, int64_t *indices, int64_t rows, int64_t n, int64_t k, float z,
-                      int threads) {
-    select_job job = {scores, indices, n, k, z};
-    return run_rows(select_slice, &job, rows, threads);
+/* Per row of x (rows, n): indices = the k largest scores (x, or |x| if by_magnitude, times boost if not
+ * NULL), ascending; if dst, the sparse output (x at the winners, ReLU'd if relu); if counts (zeroed by the
+ * caller), how many rows each column won in.  z: normal quantile of 1 - k/n (first guess).  Returns
+ * nonzero if a thread could not allocate its buffers. */
+int ksparse_select_rows(const float *x, const float *boost, int by_magnitude, int64_t *indices, float *dst, int relu,
+                        int64_t *counts, int64_t rows, int64_t n, int64_t k, float z, int threads) {
+    select_job job = {x, boost, by_magnitude, indices, dst, relu, counts, n, k, z, exp(-0.5 * (double)z * z) * 0.3989422804014327};
+    return run_rows(select_slice, &job, rows, n, threads);
 }
 
 /* dst[r, :] = 0 but dst[r, indices[r, j]] = src[r, indices[r, j]] (ReLU'd if relu) * factors[r, j].
@@ -429,5 +525,5 @@ int ksparse_topk_rows(const float *scores, int64_t *indices, int64_t rows, int64
 int ksparse_take_rows(const float *src, const int64_t *indices, const float *factors, int relu, float *dst,
                       int64_t rows, int64_t n, int64_t k, int threads) {
     take_job job = {src, factors, indices, dst, n, k, relu};
-    return run_rows(take_slice, &job, rows, threads);
+    return run_rows(take_slice, &job, rows, n, threads);
 }
