@@ -2,14 +2,20 @@
 
     python benchmarks/bench_sparse_autoencoder.py               # d=768, k=32, B=256, M in 4096, 16384, 65536
     python benchmarks/bench_sparse_autoencoder.py --optimizer adam --sizes 16384
+    python benchmarks/bench_sparse_autoencoder.py --keep-freed-memory   # as the ksparse-pl command runs
 
 Step = forward, MSE loss, backward, optimizer step, all parameters (encoder and decoder, M x d each)
 updated densely by the same optimizer in both paths (default: torch's fused CPU Adam; ``adam`` is its
 default for-each implementation, about 7x slower at M = 16384 here). Both paths select the winners with
 the same ``topk_indices``. Floor = one dense encoder-forward matmul plus one optimizer step, each timed
-alone. Times are medians, side by side in one process. Memory, each path in a fresh process: the bytes
-autograd keeps for backward (saved-tensor hooks) and the growth of the peak resident set over the
-parameters during three steps (gradients and optimizer state included, equal in both paths).
+alone. The steps and the floor's parts take turns over ``--rounds`` rounds (medians of ``--repeats`` calls
+each); ratios are medians over the rounds of the ratios within a round. Memory, each path in a fresh
+process: the bytes autograd keeps for backward (saved-tensor hooks) and the growth of the peak resident
+set over the parameters during three steps (gradients and optimizer state included, equal in both paths).
+
+Each step frees and allocates its M x d gradients again; with glibc's defaults those blocks go back to the
+operating system and every step page-faults them in. ``--keep-freed-memory`` calls
+:func:`ksparse_pl.allocator.keep_freed_memory` first, as the ``ksparse-pl`` command does.
 """
 
 from __future__ import annotations
@@ -18,14 +24,16 @@ import argparse
 import json
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from _timing import median_ms
+from _timing import interleaved_ms, median_ratio
 
+from ksparse_pl.allocator import keep_freed_memory
 from ksparse_pl.functional import keep_winners, sparse_decode, topk_encode, topk_indices
 
 
@@ -56,6 +64,14 @@ def train_step(forward, params, optimizer, x, k) -> Callable[[], None]:
         optimizer.zero_grad()  # set_to_none, as Lightning does
         F.mse_loss(forward(x, *params, k), x).backward()
         optimizer.step()
+
+    return run
+
+
+def encoder_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> Callable[[], None]:
+    def run() -> None:
+        with torch.no_grad():
+            F.linear(x, weight, bias)
 
     return run
 
@@ -110,16 +126,21 @@ def main() -> None:
     parser.add_argument("--d", type=int, default=768)
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--optimizer", choices=["adam-fused", "adam"], default="adam-fused")
+    parser.add_argument("--keep-freed-memory", action="store_true", help="keep freed memory in the process")
     parser.add_argument("--memory-of", choices=["sparse", "dense"], help=argparse.SUPPRESS)
     args, _ = parser.parse_known_args()
+    if args.keep_freed_memory and not keep_freed_memory():
+        parser.error("--keep-freed-memory needs glibc")
     if args.memory_of:
         print(json.dumps(peak_memory(args.memory_of, args.sizes[0], args)))
         return
     print(
         f"torch {torch.__version__}, {platform.machine()}, {torch.get_num_threads()} threads; "
-        f"d={args.d}, k={args.k}, B={args.batch}, optimizer {args.optimizer}"
+        f"d={args.d}, k={args.k}, B={args.batch}, optimizer {args.optimizer}, "
+        f"{'freed memory kept' if args.keep_freed_memory else 'glibc malloc defaults'}"
     )
     print(
         "| M | floor ms | sparse step ms | dense step ms | sparse / floor | dense / sparse | saved for backward, "
@@ -128,22 +149,22 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     x = torch.randn(args.batch, args.d, generator=torch.Generator().manual_seed(1))
     for m in args.sizes:
-        timings = {}
+        steps, floor_parts = {}, {}
         for name, forward in (("sparse", sparse_forward), ("dense", dense_forward)):
             params = make_params(m, args.d)
             optimizer = make_optimizer(args.optimizer, params)
-            timings[name] = median_ms(train_step(forward, params, optimizer, x, args.k), args.repeats, warmup=1)
-        params = make_params(m, args.d)
-        optimizer = make_optimizer(args.optimizer, params)
-        F.mse_loss(sparse_forward(x, *params, args.k), x).backward()  # grads in place for the optimizer step
-        with torch.no_grad():
-            matmul = median_ms(lambda: F.linear(x, params[0], params[1]), args.repeats, warmup=1)  # noqa: B023
-        update = median_ms(optimizer.step, args.repeats, warmup=1)
-        floor = matmul + update
+            steps[name] = train_step(forward, params, optimizer, x, args.k)
+            if name == "sparse":  # the floor: this model's encoder matmul, and its optimizer on its gradients
+                floor_parts["matmul"] = encoder_matmul(x, params[0], params[1])
+                floor_parts["update"] = optimizer.step
+        steps["sparse"]()  # gradients in place for the optimizer step alone
+        times = interleaved_ms({**steps, **floor_parts}, args.rounds, args.repeats)
+        times["floor"] = [a + b for a, b in zip(times["matmul"], times["update"], strict=True)]
+        floor, sparse, dense = (statistics.median(times[name]) for name in ("floor", "sparse", "dense"))
         memory = {path: memory_in_fresh_process(path, m) for path in ("sparse", "dense")}
         print(
-            f"| {m} | {floor:.1f} | {timings['sparse']:.1f} | {timings['dense']:.1f} | "
-            f"{timings['sparse'] / floor:.2f} | {timings['dense'] / timings['sparse']:.2f} | "
+            f"| {m} | {floor:.1f} | {sparse:.1f} | {dense:.1f} | "
+            f"{median_ratio(times, 'sparse', 'floor'):.2f} | {median_ratio(times, 'dense', 'sparse'):.2f} | "
             f"{memory['sparse']['saved_mib']:.1f} / {memory['dense']['saved_mib']:.1f} | "
             f"{memory['sparse']['peak_growth_mib']:.0f} / {memory['dense']['peak_growth_mib']:.0f} |",
             flush=True,

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytorch_lightning as pl
 from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.utilities import rank_zero_info
@@ -13,6 +15,7 @@ from pytorch_lightning.utilities import rank_zero_info
 # Imported so that `class_path: SparseAutoencoder` short names resolve in configs and on the command line.
 import ksparse_pl.data  # noqa: F401
 import ksparse_pl.models  # noqa: F401
+from ksparse_pl.allocator import keep_freed_memory
 
 
 class KSparseCLI(LightningCLI):
@@ -27,7 +30,10 @@ class KSparseCLI(LightningCLI):
 
 
 def main(args: list[str] | None = None) -> None:
-    """Run the CLI on ``args`` (default: ``sys.argv``)."""
+    """Run the CLI on ``args`` (default: ``sys.argv``), keeping freed memory for reuse (see
+    :mod:`ksparse_pl.allocator`) unless ``KSPARSE_PL_KEEP_FREED_MEMORY=0``."""
+    if os.environ.get("KSPARSE_PL_KEEP_FREED_MEMORY", "1") != "0":
+        keep_freed_memory()
     build_cli(args)
 
 

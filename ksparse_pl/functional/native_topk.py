@@ -1,43 +1,23 @@
-"""The CPU top-k kernel (``csrc/topk_rows.c``): built with the system C compiler on first use, loaded with ctypes.
+"""The CPU top-k kernel (``csrc/topk_rows.c``, loaded by :mod:`ksparse_pl.functional.native`).
 
 ``torch.topk`` on CPU runs a selection over (value, index) pairs per row, which costs over ten times a ReLU
 at the few percent of winners a sparse layer keeps. The kernel instead searches, per row, the threshold
 with exactly ``k`` scores at or above it (vectorized counting passes, Newton steps on the count), and
 writes the winners of sparse outputs and gradients in one call each. It serves float32 CPU tensors along
-the last dimension; everything else (GPUs, other dtypes, ``torch.compile`` tracing) uses ``torch.topk``.
-
-The shared library is cached in ``$KSPARSE_PL_CACHE`` (default ``$XDG_CACHE_HOME/ksparse_pl`` or
-``~/.cache/ksparse_pl``), keyed by the source and the compiler, so a machine compiles it once (about a
-second). Without a working compiler, or with ``KSPARSE_PL_NATIVE=0``, the layers warn once and use
-``torch.topk``: the same winners, except which of several tied scores win.
+the last dimension; everything else (GPUs, other dtypes, ``torch.compile`` tracing) uses ``torch.topk``,
+which picks the same winners except among tied scores.
 """
 
 from __future__ import annotations
 
-import ctypes
 import functools
-import hashlib
-import os
-import platform
 import statistics
-import subprocess
-import tempfile
-import warnings
-from pathlib import Path
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-_SOURCE = Path(__file__).with_name("csrc") / "topk_rows.c"
-_FLAGS = ["-O3", "-shared", "-fPIC"]
-# OpenMP, when the compiler has it: the library then shares torch's OpenMP runtime and thread pool.
-_PARALLEL_FLAGS = ["-fopenmp"]
-
-
-def native_topk_enabled() -> bool:
-    """Whether the compiled kernel is available (built on the first call; warns once if it cannot be)."""
-    return _library() is not None
+from ksparse_pl.functional.native import library, native_enabled
 
 
 def native_applies(x: Tensor, dim: int) -> bool:
@@ -48,7 +28,7 @@ def native_applies(x: Tensor, dim: int) -> bool:
         and x.dim() > 0
         and dim in (-1, x.dim() - 1)
         and not torch.compiler.is_compiling()
-        and native_topk_enabled()
+        and native_enabled()
     )
 
 
@@ -77,7 +57,7 @@ def select_rows(
     cache. NaN ranks above every number, ``-0.0`` ties with ``0.0``, and among tied scores the lower index
     wins. ``x`` must be a float32 CPU tensor and ``k`` in ``[1, n]`` (checked by the callers).
     """
-    lib = _require_library()
+    lib = library()
     n = x.shape[-1]
     if boost is not None and (boost.shape != (n,) or boost.device.type != "cpu"):
         raise ValueError(
@@ -114,7 +94,7 @@ def _first_guess(k: int, n: int) -> float:
 
 def take_rows(src: Tensor, indices: Tensor, factors: Tensor | None = None, relu: bool = False) -> Tensor:
     """A tensor like ``src``, zero but at ``indices`` (last dim), where it holds ``src`` (ReLU'd) * ``factors``."""
-    lib = _require_library()
+    lib = library()
     n, k = src.shape[-1], indices.shape[-1]
     if indices.dtype != torch.int64 or indices.device.type != "cpu" or indices.shape[:-1] != src.shape[:-1]:
         raise ValueError(
@@ -144,77 +124,3 @@ def take_rows(src: Tensor, indices: Tensor, factors: Tensor | None = None, relu:
     ):
         raise IndexError(f"take_rows: an index in `indices` is outside [0, {n}) (the last dim of `src`).")
     return out.view(src.shape)
-
-
-def _require_library() -> ctypes.CDLL:
-    lib = _library()
-    if lib is None:
-        raise RuntimeError("ksparse_pl's native top-k kernel is not available; check native_topk_enabled() first")
-    return lib
-
-
-@functools.cache
-def _library() -> ctypes.CDLL | None:
-    if os.environ.get("KSPARSE_PL_NATIVE", "1") == "0":
-        return None
-    try:
-        lib = ctypes.CDLL(str(_build()))
-    except (OSError, subprocess.SubprocessError) as err:
-        detail = err.stderr.decode(errors="replace").strip() if isinstance(err, subprocess.CalledProcessError) else ""
-        warnings.warn(
-            f"ksparse_pl could not build its CPU top-k kernel ({err}{': ' + detail if detail else ''}); the sparse "
-            "layers use torch.topk instead, which is several times slower on CPU. Install a C compiler (or set "
-            "CC), or set KSPARSE_PL_NATIVE=0 to silence this.",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-        return None
-    pointer, i64, flag = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-    lib.ksparse_select_rows.argtypes = [
-        pointer,  # x
-        pointer,  # boost
-        flag,  # by_magnitude
-        pointer,  # indices
-        pointer,  # dst
-        flag,  # relu
-        pointer,  # counts
-        i64,  # rows
-        i64,  # n
-        i64,  # k
-        ctypes.c_float,  # z
-        ctypes.c_int,  # threads
-    ]
-    lib.ksparse_take_rows.argtypes = [pointer, pointer, pointer, ctypes.c_int, pointer, i64, i64, i64, ctypes.c_int]
-    lib.ksparse_init()
-    return lib
-
-
-def _build() -> Path:
-    """The compiled library from the cache, built first if this source and compiler have not been yet.
-
-    With OpenMP if the compiler supports it, else single-threaded.
-    """
-    try:
-        return _build_with([*_FLAGS, *_PARALLEL_FLAGS])
-    except subprocess.CalledProcessError:
-        return _build_with(_FLAGS)
-
-
-def _build_with(flags: list[str]) -> Path:
-    compiler = os.environ.get("CC", "cc")
-    identity = [_SOURCE.read_text(), compiler, *flags, platform.system(), platform.machine()]
-    tag = hashlib.sha256("\0".join(identity).encode()).hexdigest()[:16]
-    user_cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    cache = Path(os.environ.get("KSPARSE_PL_CACHE") or user_cache / "ksparse_pl")
-    target = cache / f"topk_rows-{tag}.so"
-    if target.exists():
-        return target
-    cache.mkdir(parents=True, exist_ok=True)
-    # Build in a private folder and rename: several processes (DDP ranks) may build at once.
-    with tempfile.TemporaryDirectory(dir=cache) as tmp:
-        built = Path(tmp) / target.name
-        subprocess.run(
-            [compiler, *flags, "-o", str(built), str(_SOURCE), "-lm"], check=True, capture_output=True, timeout=300
-        )
-        os.replace(built, target)
-    return target

@@ -3,7 +3,8 @@
 The encoder still needs its full forward matmul to find the winners; everything after it works on the
 k winners of each sample: the decoder sums k decoder rows per sample (an embedding bag), and the encoder's
 backward visits only the k selected rows of its weight. Gao et al. (2024) measured over 100x for the
-decode at M = 16384 on a 2-core CPU.
+decode at M = 16384 on a 2-core CPU. On CPU float32 the kernels of :mod:`ksparse_pl.functional.native_rows`
+do the row work; elsewhere ``F.embedding_bag`` and ``torch.sparse.mm`` do.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ksparse_pl.functional.native import native_serves
+from ksparse_pl.functional.native_rows import dot_rows, gather_rows, scatter_rows
 from ksparse_pl.functional.selection import topk_indices
 
 
@@ -28,21 +31,46 @@ class _SelectedRows(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, Tensor, None, None]:
         x, weight, indices = ctx.saved_tensors
-        batch, k = indices.shape
-        flat = indices.reshape(-1)  # (B*k,)
-        grad_flat = grad.reshape(-1).to(weight.dtype)
-        grad_x = F.embedding_bag(indices, weight, per_sample_weights=grad_flat.view_as(grad), mode="sum")
-        # grad_weight = G^T x for the (B, M) gradient G with k entries per row: a sparse matmul never builds
-        # the (B*k, d) outer-product rows.
-        samples = torch.arange(batch, device=flat.device).repeat_interleave(k)
-        grad_t = torch.sparse_coo_tensor(
-            torch.stack([flat, samples]), grad_flat, (weight.shape[0], batch), check_invariants=False
-        )
-        grad_weight = torch.sparse.mm(grad_t, x.to(weight.dtype))
+        grad = grad.to(weight.dtype)
+        if native_serves(x, weight, grad, indices):
+            grad_x = gather_rows(weight, indices, grad)
+            grad_weight = scatter_rows(x, indices, grad, weight.shape[0])
+        else:
+            grad_x, grad_weight = _selected_rows_grads(x.to(weight.dtype), weight, indices, grad)
         grad_bias = torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device).index_add_(
-            0, flat, grad_flat
+            0, indices.reshape(-1), grad.reshape(-1)
         )
         return grad_x.to(x.dtype), grad_weight, grad_bias, None, None
+
+
+def _selected_rows_grads(x: Tensor, weight: Tensor, indices: Tensor, grad: Tensor) -> tuple[Tensor, Tensor]:
+    """The input and weight gradients of :class:`_SelectedRows` by torch's operations (GPUs, other dtypes)."""
+    batch, k = indices.shape
+    flat = indices.reshape(-1)  # (B*k,)
+    grad_x = F.embedding_bag(indices, weight, per_sample_weights=grad, mode="sum")
+    # grad_weight = G^T x for the (B, M) gradient G with k entries per row: a sparse matmul never builds
+    # the (B*k, d) outer-product rows.
+    samples = torch.arange(batch, device=flat.device).repeat_interleave(k)
+    grad_t = torch.sparse_coo_tensor(
+        torch.stack([flat, samples]), grad.reshape(-1), (weight.shape[0], batch), check_invariants=False
+    )
+    return grad_x, torch.sparse.mm(grad_t, x)
+
+
+class _DecodeRows(torch.autograd.Function):
+    """:func:`sparse_decode` without bias by the native kernels (CPU float32)."""
+
+    @staticmethod
+    def forward(ctx: Any, values: Tensor, indices: Tensor, rows: Tensor) -> Tensor:
+        ctx.save_for_backward(values, indices, rows)
+        return gather_rows(rows, indices, values)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, Tensor | None]:
+        values, indices, rows = ctx.saved_tensors
+        grad_values = dot_rows(rows, indices, grad) if ctx.needs_input_grad[0] else None
+        grad_rows = scatter_rows(grad, indices, values, rows.shape[0]) if ctx.needs_input_grad[2] else None
+        return grad_values, None, grad_rows
 
 
 def topk_encode(x: Tensor, weight: Tensor, bias: Tensor, k: int, relu: bool = False) -> tuple[Tensor, Tensor]:
@@ -100,5 +128,9 @@ def sparse_decode(values: Tensor, indices: Tensor, rows: Tensor, bias: Tensor | 
         >>> sparse_decode(torch.tensor([[2.0, 3.0]]), torch.tensor([[0, 2]]), rows)
         tensor([[5., 3.]])
     """
-    out = F.embedding_bag(indices, rows, per_sample_weights=values.to(rows.dtype), mode="sum")
+    values = values.to(rows.dtype)
+    if native_serves(values, indices, rows):
+        out = _DecodeRows.apply(values, indices, rows)
+    else:
+        out = F.embedding_bag(indices, rows, per_sample_weights=values, mode="sum")
     return out if bias is None else out + bias

@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from ksparse_pl.functional import k_sparse, keep_winners, topk_indices
-from ksparse_pl.functional.native_topk import native_topk_enabled, select_rows, take_rows
+from ksparse_pl.functional.native import native_enabled
+from ksparse_pl.functional.native_topk import select_rows, take_rows
 from ksparse_pl.functional.selection import select_and_keep
 
-pytestmark = pytest.mark.skipif(not native_topk_enabled(), reason="no C compiler to build the kernel")
+pytestmark = pytest.mark.skipif(not native_enabled(), reason="no C compiler to build the kernel")
 
 
 def reference_winners(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -180,14 +181,14 @@ def test_without_a_compiler_the_layers_warn_once_and_use_torch_topk(tmp_path, mo
     assert result.returncode == 0, result.stderr
     values, warning = result.stdout.splitlines()
     assert values == "[[0.0, 0.0, 2.0, 1.0]] [[0.0, 0.0, 2.0, 1.0]]"
-    assert warning.startswith("1 ksparse_pl could not build its CPU top-k kernel")
+    assert warning.startswith("1 ksparse_pl could not build its CPU kernels")
 
 
 def test_the_library_is_built_once_into_the_cache(tmp_path) -> None:
-    code = "from ksparse_pl.functional.native_topk import native_topk_enabled; print(native_topk_enabled())"
+    code = "from ksparse_pl.functional.native import native_enabled; print(native_enabled())"
     env = {"PATH": "/usr/bin:/bin", "KSPARSE_PL_CACHE": str(tmp_path)}
     assert run_python(code, env).stdout.strip() == "True"
-    built = list(tmp_path.glob("topk_rows-*.so"))
+    built = list(tmp_path.glob("kernels-*.so"))
     assert len(built) == 1
     stamp = built[0].stat().st_mtime_ns
     assert run_python(code, env).stdout.strip() == "True"

@@ -1,0 +1,123 @@
+"""The compiled CPU kernels (``csrc/*.c``): built with the system C compiler on first use, loaded with ctypes.
+
+The shared library is cached in ``$KSPARSE_PL_CACHE`` (default ``$XDG_CACHE_HOME/ksparse_pl`` or
+``~/.cache/ksparse_pl``), keyed by the sources and the compiler, so a machine compiles it once (about a
+second). Without a working compiler, or with ``KSPARSE_PL_NATIVE=0``, everything warns once and uses torch's
+own operations: the same results, except which of several tied scores win a top-k selection.
+:mod:`~ksparse_pl.functional.native_topk` and :mod:`~ksparse_pl.functional.native_rows` wrap the kernels.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+_SOURCES = [Path(__file__).with_name("csrc") / name for name in ("topk_rows.c", "sparse_rows.c")]
+_FLAGS = ["-O3", "-shared", "-fPIC"]
+# OpenMP, when the compiler has it: the library then shares torch's OpenMP runtime and thread pool.
+_PARALLEL_FLAGS = ["-fopenmp"]
+
+
+def native_enabled() -> bool:
+    """Whether the compiled kernels are available (built on the first call; warns once if they cannot be)."""
+    return _library() is not None
+
+
+def native_serves(*tensors: Tensor) -> bool:
+    """Whether the kernels serve these tensors: all on the CPU, float32 or int64, outside ``torch.compile``."""
+    return (
+        all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.int64) for t in tensors)
+        and not torch.compiler.is_compiling()
+        and native_enabled()
+    )
+
+
+def library() -> ctypes.CDLL:
+    """The loaded kernels; raises if :func:`native_enabled` is False."""
+    lib = _library()
+    if lib is None:
+        raise RuntimeError("ksparse_pl's native kernels are not available; check native_enabled() first")
+    return lib
+
+
+@functools.cache
+def _library() -> ctypes.CDLL | None:
+    if os.environ.get("KSPARSE_PL_NATIVE", "1") == "0":
+        return None
+    try:
+        lib = ctypes.CDLL(str(_build()))
+    except (OSError, subprocess.SubprocessError) as err:
+        detail = err.stderr.decode(errors="replace").strip() if isinstance(err, subprocess.CalledProcessError) else ""
+        warnings.warn(
+            f"ksparse_pl could not build its CPU kernels ({err}{': ' + detail if detail else ''}); the sparse "
+            "layers and autoencoders use torch's operations instead, which are several times slower on CPU. "
+            "Install a C compiler (or set CC), or set KSPARSE_PL_NATIVE=0 to silence this.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
+    pointer, i64, flag = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    lib.ksparse_select_rows.argtypes = [
+        pointer,  # x
+        pointer,  # boost
+        flag,  # by_magnitude
+        pointer,  # indices
+        pointer,  # dst
+        flag,  # relu
+        pointer,  # counts
+        i64,  # rows
+        i64,  # n
+        i64,  # k
+        ctypes.c_float,  # z
+        ctypes.c_int,  # threads
+    ]
+    lib.ksparse_take_rows.argtypes = [pointer, pointer, pointer, ctypes.c_int, pointer, i64, i64, i64, ctypes.c_int]
+    # (matrix or source, indices, coefficients or source, out, batch, k, m, d, threads)
+    for name in ("ksparse_gather_rows", "ksparse_dot_rows", "ksparse_scatter_rows"):
+        getattr(lib, name).argtypes = [pointer, pointer, pointer, pointer, i64, i64, i64, i64, ctypes.c_int]
+    lib.ksparse_init()
+    return lib
+
+
+def _build() -> Path:
+    """The compiled library from the cache, built first if these sources and compiler have not been yet.
+
+    With OpenMP if the compiler supports it, else single-threaded.
+    """
+    try:
+        return _build_with([*_FLAGS, *_PARALLEL_FLAGS])
+    except subprocess.CalledProcessError:
+        return _build_with(_FLAGS)
+
+
+def _build_with(flags: list[str]) -> Path:
+    compiler = os.environ.get("CC", "cc")
+    identity = [*(source.read_text() for source in _SOURCES), compiler, *flags, platform.system(), platform.machine()]
+    tag = hashlib.sha256("\0".join(identity).encode()).hexdigest()[:16]
+    user_cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    cache = Path(os.environ.get("KSPARSE_PL_CACHE") or user_cache / "ksparse_pl")
+    target = cache / f"kernels-{tag}.so"
+    if target.exists():
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    # Build in a private folder and rename: several processes (DDP ranks) may build at once.
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        built = Path(tmp) / target.name
+        subprocess.run(
+            [compiler, *flags, "-o", str(built), *map(str, _SOURCES), "-lm"],
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+        os.replace(built, target)
+    return target
