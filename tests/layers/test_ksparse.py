@@ -43,6 +43,20 @@ def test_training_updates_state() -> None:
     assert (layer.sensitivity != 1).any()
 
 
+@pytest.mark.parametrize("sensitivity", [False, True])
+def test_state_in_shared_memory_is_copied_before_it_is_updated(sensitivity: bool) -> None:
+    """Processes started from one shared model (torch.multiprocessing) must not update each other's state."""
+    layer = KWinners(12, k=3, sensitivity=sensitivity).share_memory()
+    updated = ("duty_cycle", "sensitivity", "samples_seen", "selection_count")
+    shared = {name: getattr(layer, name) for name in updated}
+    before = {name: buffer.clone() for name, buffer in shared.items()}
+    layer(torch.randn(5, 12))
+    assert int(layer.samples_seen) == 5 and int(layer.selection_count.sum()) == 15
+    for name in updated:
+        assert not getattr(layer, name).is_shared(), name
+        assert torch.equal(shared[name], before[name]), name  # the shared tensors were left as they were
+
+
 def test_duty_cycle_after_first_batch_is_count_over_batch() -> None:
     layer = KSparse(4, k=1)
     layer(torch.tensor([[1.0, 0, 0, 0], [1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 0, 1.0]]))
