@@ -2,7 +2,8 @@
 
     python benchmarks/bench_autoencoder_paths.py
 
-One step = ``training_step`` (loss, layer state), backward and an Adam step, on a fixed batch. The shapes
+One step = ``training_step`` (loss, layer state), backward and an Adam step, on a fixed batch; the two
+paths take turns over ``--rounds`` rounds and the ratio is the median of the rounds' ratios. The shapes
 run from the quickstart's to a wide code; where the sparse path starts to win sets the default of
 ``SPARSE_PATH_MIN_WEIGHTS`` (the code layer's weight count from which ``sparse_path=None`` turns it on).
 """
@@ -11,9 +12,11 @@ from __future__ import annotations
 
 import argparse
 import platform
+import statistics
+from collections.abc import Callable
 
 import torch
-from _timing import median_ms
+from _timing import interleaved_ms, median_ratio
 
 from ksparse_pl.models import SparseAutoencoder
 from ksparse_pl.models.autoencoder import SPARSE_PATH_MIN_WEIGHTS
@@ -22,7 +25,7 @@ from ksparse_pl.models.autoencoder import SPARSE_PATH_MIN_WEIGHTS
 SHAPES = [(64, 256, 16, 64), (64, 1024, 32, 64), (768, 512, 32, 256), (784, 1000, 25, 128), (768, 4096, 32, 256)]
 
 
-def step_ms(input_dim: int, hidden_dim: int, k: int, batch: int, sparse_path: bool, repeats: int) -> float:
+def training_step(input_dim: int, hidden_dim: int, k: int, batch: int, sparse_path: bool) -> Callable[[], None]:
     torch.manual_seed(0)
     model = SparseAutoencoder(input_dim, hidden_dim, k=k, sparse_path=sparse_path)
     model.log = lambda *args, **kwargs: None  # type: ignore[method-assign]
@@ -34,22 +37,25 @@ def step_ms(input_dim: int, hidden_dim: int, k: int, batch: int, sparse_path: bo
         model.training_step(x, 0).backward()
         optimizer.step()
 
-    return median_ms(step, repeats, warmup=3)
+    return step
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {platform.machine()}, {torch.get_num_threads()} threads")
     print("| input_dim x hidden_dim | k | batch | dense path ms | sparse path ms | dense / sparse | default |")
     print("|---|---|---|---|---|---|---|")
     for input_dim, hidden_dim, k, batch in SHAPES:
-        dense = step_ms(input_dim, hidden_dim, k, batch, False, args.repeats)
-        sparse = step_ms(input_dim, hidden_dim, k, batch, True, args.repeats)
+        steps = {path: training_step(input_dim, hidden_dim, k, batch, path == "sparse") for path in ("dense", "sparse")}
+        times = interleaved_ms(steps, args.rounds, args.repeats)
+        dense, sparse = statistics.median(times["dense"]), statistics.median(times["sparse"])
         default = "sparse" if input_dim * hidden_dim >= SPARSE_PATH_MIN_WEIGHTS else "dense"
         print(
-            f"| {input_dim} x {hidden_dim} | {k} | {batch} | {dense:.2f} | {sparse:.2f} | {dense / sparse:.2f} | "
+            f"| {input_dim} x {hidden_dim} | {k} | {batch} | {dense:.2f} | {sparse:.2f} | "
+            f"{median_ratio(times, 'dense', 'sparse'):.2f} | "
             f"{default} |",
             flush=True,
         )
