@@ -33,10 +33,13 @@ def native_enabled() -> bool:
     return _library() is not None
 
 
-def native_serves(*tensors: Tensor) -> bool:
-    """Whether the kernels serve these tensors: all on the CPU, float32 or int64, outside ``torch.compile``."""
+def native_serves(indices: Tensor, *values: Tensor) -> bool:
+    """Whether the row kernels serve these tensors: int64 ``indices`` and float32 ``values``, all on the CPU,
+    outside ``torch.compile`` tracing."""
     return (
-        all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.int64) for t in tensors)
+        indices.dtype == torch.int64
+        and all(t.dtype == torch.float32 for t in values)
+        and all(t.device.type == "cpu" for t in (indices, *values))
         and not torch.compiler.is_compiling()
         and native_enabled()
     )

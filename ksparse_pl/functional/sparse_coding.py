@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from ksparse_pl.functional.native import native_serves
 from ksparse_pl.functional.native_rows import dot_rows, gather_rows, scatter_rows
@@ -29,10 +30,11 @@ class _SelectedRows(torch.autograd.Function):
         return values.clone()
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, Tensor, None, None]:
         x, weight, indices = ctx.saved_tensors
         grad = grad.to(weight.dtype)
-        if native_serves(x, weight, grad, indices):
+        if native_serves(indices, x, weight, grad):
             grad_x = gather_rows(weight, indices, grad)
             grad_weight = scatter_rows(x, indices, grad, weight.shape[0])
         else:
@@ -66,6 +68,7 @@ class _DecodeRows(torch.autograd.Function):
         return gather_rows(rows, indices, values)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, Tensor | None]:
         values, indices, rows = ctx.saved_tensors
         grad_values = dot_rows(rows, indices, grad) if ctx.needs_input_grad[0] else None
@@ -129,7 +132,7 @@ def sparse_decode(values: Tensor, indices: Tensor, rows: Tensor, bias: Tensor | 
         tensor([[5., 3.]])
     """
     values = values.to(rows.dtype)
-    if native_serves(values, indices, rows):
+    if native_serves(indices, values, rows):
         out = _DecodeRows.apply(values, indices, rows)
     else:
         out = F.embedding_bag(indices, rows, per_sample_weights=values, mode="sum")

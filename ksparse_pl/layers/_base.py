@@ -260,8 +260,8 @@ class SparseActivation(nn.Module):
     def _own_state(self) -> None:
         """Give the layer its own copy of the state it updates in place, if its memory is shared.
 
-        Under ``ddp_spawn`` on CPU the processes start from tensors in shared memory; written in place,
-        one rank's update would reach the others.
+        Processes started from one model in shared memory (``torch.multiprocessing``, ``share_memory()``)
+        would otherwise write into each other's state.
         """
         if self.duty_cycle.is_shared():
             for name in ("duty_cycle", "sensitivity", "samples_seen", "selection_count"):
