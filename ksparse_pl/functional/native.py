@@ -22,7 +22,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-_SOURCES = [Path(__file__).with_name("csrc") / name for name in ("topk_rows.c", "sparse_rows.c")]
+_CSRC = Path(__file__).with_name("csrc")
+_SOURCES = [_CSRC / name for name in ("topk_rows.c", "sparse_rows.c")]
+_HEADERS = [_CSRC / "threads.h"]
 _FLAGS = ["-O3", "-shared", "-fPIC"]
 # OpenMP, when the compiler has it: the library then shares torch's OpenMP runtime and thread pool.
 _PARALLEL_FLAGS = ["-fopenmp"]
@@ -33,13 +35,14 @@ def native_enabled() -> bool:
     return _library() is not None
 
 
-def native_serves(indices: Tensor, *values: Tensor) -> bool:
-    """Whether the row kernels serve these tensors: int64 ``indices`` and float32 ``values``, all on the CPU,
+def native_serves(*values: Tensor, indices: Tensor | None = None) -> bool:
+    """Whether the kernels serve these tensors: float32 ``values`` and int64 ``indices``, all on the CPU,
     outside ``torch.compile`` tracing."""
+    tensors = values if indices is None else (*values, indices)
     return (
-        indices.dtype == torch.int64
-        and all(t.dtype == torch.float32 for t in values)
-        and all(t.device.type == "cpu" for t in (indices, *values))
+        all(t.dtype == torch.float32 for t in values)
+        and (indices is None or indices.dtype == torch.int64)
+        and all(t.device.type == "cpu" for t in tensors)
         and not torch.compiler.is_compiling()
         and native_enabled()
     )
@@ -105,7 +108,8 @@ def _build() -> Path:
 
 def _build_with(flags: list[str]) -> Path:
     compiler = os.environ.get("CC", "cc")
-    identity = [*(source.read_text() for source in _SOURCES), compiler, *flags, platform.system(), platform.machine()]
+    texts = [path.read_text() for path in (*_SOURCES, *_HEADERS)]
+    identity = [*texts, compiler, *flags, platform.system(), platform.machine()]
     tag = hashlib.sha256("\0".join(identity).encode()).hexdigest()[:16]
     user_cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     cache = Path(os.environ.get("KSPARSE_PL_CACHE") or user_cache / "ksparse_pl")

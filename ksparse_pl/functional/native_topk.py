@@ -17,19 +17,12 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ksparse_pl.functional.native import library, native_enabled
+from ksparse_pl.functional.native import library, native_serves
 
 
 def native_applies(x: Tensor, dim: int) -> bool:
     """Whether :func:`select_rows` / :func:`take_rows` serve ``x`` along ``dim`` (float32, CPU, last dim)."""
-    return (
-        x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and x.dim() > 0
-        and dim in (-1, x.dim() - 1)
-        and not torch.compiler.is_compiling()
-        and native_enabled()
-    )
+    return x.dim() > 0 and dim in (-1, x.dim() - 1) and native_serves(x)
 
 
 class RowSelection(NamedTuple):

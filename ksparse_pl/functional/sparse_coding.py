@@ -34,7 +34,7 @@ class _SelectedRows(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, Tensor, None, None]:
         x, weight, indices = ctx.saved_tensors
         grad = grad.to(weight.dtype)
-        if native_serves(indices, x, weight, grad):
+        if native_serves(x, weight, grad, indices=indices):
             grad_x = gather_rows(weight, indices, grad)
             grad_weight = scatter_rows(x, indices, grad, weight.shape[0])
         else:
@@ -132,7 +132,7 @@ def sparse_decode(values: Tensor, indices: Tensor, rows: Tensor, bias: Tensor | 
         tensor([[5., 3.]])
     """
     values = values.to(rows.dtype)
-    if native_serves(indices, values, rows):
+    if native_serves(values, rows, indices=indices):
         out = _DecodeRows.apply(values, indices, rows)
     else:
         out = F.embedding_bag(indices, rows, per_sample_weights=values, mode="sum")

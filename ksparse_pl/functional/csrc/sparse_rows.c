@@ -13,11 +13,11 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "threads.h"
+
 #ifdef _OPENMP
 #include <omp.h>
 #endif
-
-#define GRAIN 32768 /* at::internal::GRAIN_SIZE: no extra thread for less work than this */
 
 /* The row loops in AVX2 where the CPU has it (chosen at load time), SSE2 elsewhere. */
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -25,12 +25,6 @@
 #else
 #define ROW_LOOP
 #endif
-
-static int threads_for(int64_t work, int threads) {
-    int64_t useful = work / GRAIN;
-    if (threads > useful) threads = (int)useful;
-    return threads < 1 ? 1 : threads;
-}
 
 static int out_of_range(const int64_t *idx, int64_t count, int64_t m) {
     for (int64_t p = 0; p < count; p++)

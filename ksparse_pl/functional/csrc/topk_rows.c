@@ -14,6 +14,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "threads.h"
+
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -385,7 +387,7 @@ static int select_by_threshold(const float *s, int64_t n, int64_t k, float z, do
     return 1;
 }
 
-/* cand and values: room for n + 8 each; keys: n. */
+/* cand, values and keys: room for n + 8 each. */
 static void select_row(const float *s, int64_t n, int64_t k, float z, double density, int64_t *idx, int32_t *cand,
                        float *values, uint32_t *keys) {
     if (k == n) {
@@ -484,17 +486,11 @@ static void *take_slice(void *arg) {
     return NULL;
 }
 
-#define GRAIN 32768 /* at::internal::GRAIN_SIZE */
-
-/* Runs fn over [0, rows) of n entries in contiguous slices, one per thread; returns 0 on success.  The threads are
- * OpenMP's: loaded after torch, this library shares torch's OpenMP runtime (same soname), so the kernel
+/* Runs fn over [0, rows) of n entries in contiguous slices, one per thread; returns 0 on success.  The threads
+ * are OpenMP's: loaded after torch, this library shares torch's OpenMP runtime (same soname), so the kernel
  * runs on the pool that torch's own CPU ops use instead of competing with its spinning threads. */
 static int run_rows(void *(*fn)(void *), const void *job, int64_t rows, int64_t n, int threads) {
-    /* At most one thread per GRAIN scores, as torch's own parallel loops: waking a thread for a small
-     * batch costs more than the work, all the more on a busy machine. */
-    int64_t useful = rows * n / GRAIN;
-    if (threads > useful) threads = (int)useful;
-    if (threads < 1) threads = 1;
+    threads = threads_for(rows * n, threads);
     int failed = 0;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(threads) reduction(| : failed)
