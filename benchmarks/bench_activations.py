@@ -1,15 +1,21 @@
 """Forward+backward cost of the k-sparse layers relative to ReLU, side by side in one process.
 
-    python benchmarks/bench_activations.py            # the three default shapes
+    python benchmarks/bench_activations.py                      # the three default shapes
+    python benchmarks/bench_activations.py --keep-freed-memory  # as the ksparse-pl command runs
     python benchmarks/bench_activations.py --rounds 30 --threads 2
 
 Each case is forward + backward on a fixed input. The cases take turns: ``--rounds`` rounds, each timing
 every case as the median of ``--repeats`` runs; a case's ratio to ReLU is the median over the rounds of
 its ratio within the round (this machine's speed drifts by a third over seconds), its time the median
 over rounds. "in Linear block" adds a Linear(n, n) layer in front of both, the way these activations are
-used. The bytes autograd keeps for backward are
-counted with saved-tensor hooks. A second table times the selection alone: ``topk_indices`` (the compiled
-kernel on CPU float32) against ``torch.topk``, on normal scores and on ReLU'd ones (half of them tied at 0).
+used. Two baselines the layers are measured against in the literature take part too: plain
+``torch.topk`` followed by a scatter, and Numenta's ``kthvalue`` threshold with a masked fill (nupic.torch's
+``kwinners``). The bytes autograd keeps for backward are counted with saved-tensor hooks.
+``--keep-freed-memory`` calls :func:`ksparse_pl.allocator.keep_freed_memory` first: with glibc's defaults a
+case's 4 MiB tensors are sometimes handed back to the system and page-faulted in again on every call,
+depending on what ran before (ReLU once took 2.9 ms so after the layers had run, against 0.31 ms with freed
+memory kept). A second table times the selection alone: ``topk_indices`` (the compiled kernel on CPU
+float32) against ``torch.topk``, on normal scores and on ReLU'd ones (half of them tied at 0).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from _timing import interleaved_ms, median_ratio
 from torch import nn
 
 from ksparse_pl import KSparse, KWinners
+from ksparse_pl.allocator import keep_freed_memory
 from ksparse_pl.functional import k_sparse, topk_indices
 
 SHAPES = [(256, 4096, 0.05), (256, 1024, 0.10), (1024, 512, 0.25)]
@@ -54,10 +61,37 @@ class KSparseFunction(nn.Module):
         return k_sparse(x, self.k)
 
 
+class TopkThenScatter(nn.Module):
+    """The plain baseline: ``torch.topk``, then the winners scattered into zeros."""
+
+    def __init__(self, k: int) -> None:
+        super().__init__()
+        self.k = k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        indices = x.detach().topk(self.k, dim=-1, sorted=False).indices
+        return torch.zeros_like(x).scatter(-1, indices, x.gather(-1, indices))
+
+
+class KthvalueThreshold(nn.Module):
+    """Numenta's baseline (nupic.torch ``kwinners``): zero what lies below the k-th largest value."""
+
+    def __init__(self, k: int) -> None:
+        super().__init__()
+        self.k = k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        threshold = x.detach().kthvalue(x.shape[-1] - self.k + 1, dim=-1, keepdim=True).values
+        return x.masked_fill(x.detach() < threshold, 0)
+
+
 def cases(n: int, p: float) -> dict[str, nn.Module]:
+    k = round(n * p)
     return {
         "ReLU": nn.ReLU(),
-        "k_sparse (function, no state)": KSparseFunction(round(n * p)),
+        "baseline: torch.topk + scatter": TopkThenScatter(k),
+        "baseline: kthvalue threshold (nupic.torch)": KthvalueThreshold(k),
+        "k_sparse (function, no state)": KSparseFunction(k),
         "KSparse": KSparse(n, percent_on=p),
         "KSparse threshold_mode": KSparse(n, percent_on=p, threshold_mode=True),
         "KWinners (boosting)": KWinners(n, percent_on=p),
@@ -78,10 +112,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--keep-freed-memory", action="store_true", help="as the ksparse-pl command runs")
     args = parser.parse_args()
+    if args.keep_freed_memory:
+        keep_freed_memory()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {args.threads} threads")
+    print(
+        f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {args.threads} threads, "
+        f"freed memory {'kept' if args.keep_freed_memory else 'returned (glibc defaults)'}"
+    )
     print("| B | n | active | layer | fwd+bwd ms | x ReLU | in Linear block, x ReLU | saved for backward |")
     print("|---|---|---|---|---|---|---|---|")
     for batch, n, p in SHAPES:

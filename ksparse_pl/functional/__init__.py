@@ -15,6 +15,7 @@ from ksparse_pl.functional.selection import (
     selection_scores,
     threshold_mask,
     topk_indices,
+    winner_indices,
 )
 from ksparse_pl.functional.sensitivity import (
     idle_sensitivity,
@@ -50,4 +51,5 @@ __all__ = [
     "topk_indices",
     "update_duty_cycle",
     "winner_counts",
+    "winner_indices",
 ]

@@ -4,7 +4,8 @@ The shared library is cached in ``$KSPARSE_PL_CACHE`` (default ``$XDG_CACHE_HOME
 ``~/.cache/ksparse_pl``), keyed by the sources and the compiler, so a machine compiles it once (about a
 second). Without a working compiler, or with ``KSPARSE_PL_NATIVE=0``, everything warns once and uses torch's
 own operations: the same results, except which of several tied scores win a top-k selection.
-:mod:`~ksparse_pl.functional.native_topk` and :mod:`~ksparse_pl.functional.native_rows` wrap the kernels.
+:mod:`~ksparse_pl.functional.native_topk`, :mod:`~ksparse_pl.functional.native_rows` and
+:mod:`~ksparse_pl.functional.native_history` wrap the kernels.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 from torch import Tensor
 
 _CSRC = Path(__file__).with_name("csrc")
-_SOURCES = [_CSRC / name for name in ("topk_rows.c", "sparse_rows.c")]
+_SOURCES = [_CSRC / name for name in ("topk_rows.c", "sparse_rows.c", "selection_history.c")]
 _HEADERS = [_CSRC / "threads.h"]
 _FLAGS = ["-O3", "-shared", "-fPIC"]
 # OpenMP, when the compiler has it: the library then shares torch's OpenMP runtime and thread pool.
@@ -91,6 +92,8 @@ def _library() -> ctypes.CDLL | None:
     # (matrix or source, indices, coefficients or source, out, batch, k, m, d, threads)
     for name in ("ksparse_gather_rows", "ksparse_dot_rows", "ksparse_scatter_rows"):
         getattr(lib, name).argtypes = [pointer, pointer, pointer, pointer, i64, i64, i64, i64, ctypes.c_int]
+    # (samples, units, pairs, n, previous)
+    lib.ksparse_previous_selection.argtypes = [pointer, pointer, i64, i64, pointer]
     lib.ksparse_init()
     return lib
 

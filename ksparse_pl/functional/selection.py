@@ -44,6 +44,26 @@ def topk_indices(scores: Tensor, k: int, dim: int = -1) -> Tensor:
     return scores.topk(k, dim=dim, sorted=False).indices
 
 
+def winner_indices(
+    x: Tensor, k: int, *, dim: int = -1, by_magnitude: bool = False, boost_factors: Tensor | None = None
+) -> Tensor:
+    """The winners of ``x``: ``topk_indices(selection_scores(x, ...), k, dim)`` without a scores tensor on CPU.
+
+    On CPU float32 along the last dim the kernel scores each row (``|x|``, boost) while it selects, so no
+    ``(..., n)`` scores tensor is built; elsewhere this is exactly the composition above.
+
+    Example:
+        >>> import torch
+        >>> winner_indices(torch.tensor([[0.5, -3.0, 2.0]]), 1, by_magnitude=True)
+        tensor([[1]])
+    """
+    n = x.shape[dim]
+    check_k(k, n)
+    if native_applies(x, dim) and (boost_factors is None or boost_factors.shape == (n,)):
+        return select_rows(x, k, boost=boost_factors, by_magnitude=by_magnitude).indices
+    return topk_indices(selection_scores(x, by_magnitude=by_magnitude, boost_factors=boost_factors), k, dim=dim)
+
+
 def threshold_mask(scores: Tensor, k: int, dim: int = -1) -> Tensor:
     """Boolean mask of every score at least as large as the k-th largest along ``dim``.
 
@@ -123,6 +143,9 @@ class _SelectRows(torch.autograd.Function):
         selection = select_rows(x, k, boost=boost, by_magnitude=by_magnitude, output=True, relu=relu, counts=counts)
         ctx.save_for_backward(selection.indices, _winner_factors(x, selection.indices, relu, None))
         ctx.mark_non_differentiable(selection.indices)
+        # Only the output is differentiable, so its gradient is always given; without this autograd would
+        # also fill a (B, k) int64 tensor of zeros as the indices' "gradient" before every backward.
+        ctx.set_materialize_grads(False)
         return selection.output, selection.indices, selection.counts  # type: ignore[return-value]
 
     @staticmethod

@@ -10,6 +10,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ksparse_pl.functional.native import native_serves
+from ksparse_pl.functional.native_history import previous_selection
+
 
 def idle_sensitivity(s0: Tensor, idle: Tensor, s_max: float, tau: float) -> Tensor:
     r"""Sensitivity after ``idle`` unselected samples, starting from ``s0``.
@@ -74,13 +77,21 @@ def sensitivity_factors_at(
     samples: Tensor, units: Tensor, sensitivity: Tensor, batch_size: int, s_max: float, tau: float
 ) -> Tensor:
     """The factor of every ``(sample, unit)`` selection pair, in the order given (see :func:`sensitivity_step_at`)."""
+    previous = _previous_selection(samples, units, sensitivity.shape[0], batch_size)
+    return _since_last(previous, samples, sensitivity[units], s_max, tau)
+
+
+def _previous_selection(samples: Tensor, units: Tensor, n: int, batch_size: int) -> Tensor:
+    """For each pair, the sample at which its unit was selected before it in the batch, -1 if never."""
+    if native_serves(indices=samples) and native_serves(indices=units):
+        previous = previous_selection(samples, units, n)
+        if previous is not None:  # None: the pairs are not in sample order
+            return previous
     order = torch.argsort(units * batch_size + samples)  # by unit, then by sample
     unit, sample = units[order], samples[order]
-    previous = torch.cat([sample.new_full((1,), -1), sample[:-1]])
+    before = torch.cat([sample.new_full((1,), -1), sample[:-1]])
     same_unit = torch.cat([unit.new_zeros(1, dtype=torch.bool), unit[1:] == unit[:-1]])
-    last_before = torch.where(same_unit, previous, -1)
-    sorted_factors = _since_last(last_before, sample, sensitivity[unit], s_max, tau)
-    return torch.empty_like(sorted_factors).index_copy_(0, order, sorted_factors)
+    return torch.empty_like(sample).index_copy_(0, order, torch.where(same_unit, before, -1))
 
 
 def last_selected(samples: Tensor, units: Tensor, n: int) -> Tensor:

@@ -17,9 +17,9 @@ from ksparse_pl.functional import (
     sensitivity_across,
     sensitivity_factors_at,
     threshold_mask,
-    topk_indices,
     update_duty_cycle,
     winner_counts,
+    winner_indices,
 )
 from ksparse_pl.functional._checks import (
     check_at_least,
@@ -191,7 +191,9 @@ class SparseActivation(nn.Module):
 
         In training this updates the state with the batch, so each training batch goes through it once.
         """
-        indices = topk_indices(self._scores(candidates), self._active_k, dim=self._dim)
+        indices = winner_indices(
+            candidates, self._active_k, dim=self._dim, by_magnitude=self.by_magnitude, boost_factors=self._boost()
+        )
         if not self.training:
             return indices, None
         unit_ids = self._unit_ids(indices)

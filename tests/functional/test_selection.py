@@ -1,7 +1,14 @@
 import pytest
 import torch
 
-from ksparse_pl.functional import k_sparse, keep_masked, selection_scores, threshold_mask, topk_indices
+from ksparse_pl.functional import (
+    k_sparse,
+    keep_masked,
+    selection_scores,
+    threshold_mask,
+    topk_indices,
+    winner_indices,
+)
 
 
 def reference_k_sparse(x: torch.Tensor, k: int, by_magnitude: bool = False, relu: bool = False) -> torch.Tensor:
@@ -75,3 +82,19 @@ def test_bad_k(k: object) -> None:
 def test_integer_input() -> None:
     with pytest.raises(TypeError, match="floating-point.*torch.int64"):
         k_sparse(torch.ones(2, 4, dtype=torch.long), 2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("by_magnitude", [False, True], ids=["by_value", "by_magnitude"])
+@pytest.mark.parametrize("boosted", [False, True], ids=["plain", "boosted"])
+def test_winner_indices_are_the_top_k_of_the_selection_scores(
+    dtype: torch.dtype, by_magnitude: bool, boosted: bool
+) -> None:
+    # float32 on CPU: the kernel scores the rows itself; float64: torch's composition. Both sort the answer,
+    # since only the kernel promises ascending order.
+    x = torch.randn(7, 50, dtype=dtype)
+    boost = 0.5 + torch.rand(50, dtype=dtype) if boosted else None
+    scores = selection_scores(x, by_magnitude=by_magnitude, boost_factors=boost)
+    expected = topk_indices(scores, 9).sort(-1).values
+    got = winner_indices(x, 9, by_magnitude=by_magnitude, boost_factors=boost)
+    assert torch.equal(got.sort(-1).values, expected)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from ksparse_pl.functional import idle_sensitivity, sensitivity_step
+from ksparse_pl.functional import idle_sensitivity, sensitivity_factors_at, sensitivity_step
 
 
 @pytest.mark.parametrize("idle", [0, 1, 3, 7])
@@ -46,3 +46,16 @@ def test_batch_equals_batches_of_one(density: float) -> None:
 
 def test_idle_sensitivity_closed_form() -> None:
     assert idle_sensitivity(torch.tensor(1.0), torch.tensor(3), 10.0, 2.0).item() == 8.875
+
+
+def test_pair_order_does_not_change_the_factors() -> None:
+    # Pairs in sample order take the one-pass kernel on CPU; shuffled pairs take the sort by unit.
+    selected = torch.rand(40, 30) < 0.2
+    samples, units = selected.nonzero(as_tuple=True)
+    s0 = 1 + 9 * torch.rand(30)
+    in_order = sensitivity_factors_at(samples, units, s0, 40, 10.0, 5.0)
+    shuffle = torch.randperm(samples.numel())
+    shuffled = sensitivity_factors_at(samples[shuffle], units[shuffle], s0, 40, 10.0, 5.0)
+    torch.testing.assert_close(shuffled, in_order[shuffle])
+    ref_factors, _ = step_one_sample_at_a_time(selected, s0, 10.0, 5.0)
+    torch.testing.assert_close(in_order, ref_factors[selected])
