@@ -63,7 +63,8 @@ def sensitivity_step_at(
 ) -> tuple[Tensor, Tensor]:
     """:func:`sensitivity_step` for selections given as ``(sample, unit)`` pairs, each pair at most once.
 
-    Costs O(P log P) in the number of pairs P (B*k for top-k) instead of O(B*n).
+    Costs O(P log P) in the number of pairs P (B*k for top-k) instead of O(B*n); O(P) on CPU when the pairs
+    come in sample order, as the layers give them.
 
     Returns:
         ``(factors, new_sensitivity)``: one factor per pair, in the order given, and the ``(n,)`` state.
