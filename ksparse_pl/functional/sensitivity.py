@@ -79,7 +79,8 @@ def sensitivity_factors_at(
 ) -> Tensor:
     """The factor of every ``(sample, unit)`` selection pair, in the order given (see :func:`sensitivity_step_at`)."""
     previous = _previous_selection(samples, units, sensitivity.shape[0], batch_size)
-    return _since_last(previous, samples, sensitivity[units], s_max, tau)
+    # index_select, not advanced indexing: several times faster on CPU for the B*k pairs.
+    return _since_last(previous, samples, sensitivity.index_select(0, units), s_max, tau)
 
 
 def _previous_selection(samples: Tensor, units: Tensor, n: int, batch_size: int) -> Tensor:
