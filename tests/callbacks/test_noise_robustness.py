@@ -1,6 +1,7 @@
 import pytest
 import pytorch_lightning as pl
 import torch
+from quiet_trainer import quiet_trainer
 
 from ksparse_pl.callbacks import NoiseRobustness
 from ksparse_pl.data import DigitsDataModule
@@ -32,14 +33,7 @@ def test_noise_robustness_on_a_trained_classifier(tmp_path) -> None:
     dm = DigitsDataModule(flatten=False, batch_size=64)
     net = SparseClassifier(input_shape=(1, 8, 8), hidden=[64], optimizer=lambda p: torch.optim.Adam(p, lr=3e-3))
     callback = NoiseRobustness(levels=[0.0, 0.25, 0.5])
-    pl.Trainer(
-        default_root_dir=tmp_path,
-        max_epochs=3,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[callback],
-    ).fit(net, dm)
+    quiet_trainer(tmp_path, [callback], max_epochs=3).fit(net, dm)
     assert list(callback.results) == [0.0, 0.25, 0.5]
     clean = callback.results[0.0]
     net.eval()

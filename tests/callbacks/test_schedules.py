@@ -3,6 +3,7 @@ import math
 import pytest
 import pytorch_lightning as pl
 import torch
+from quiet_trainer import StopAfter
 from user_model import DenseNet, RandomData, UserAutoencoder, make_trainer
 
 from ksparse_pl.callbacks import DutyCycleBoosting, KSchedule, SensitivitySchedule
@@ -85,17 +86,6 @@ def test_k_schedule_explicit_end(tmp_path, data) -> None:
     model = UserAutoencoder(k=8)
     make_trainer(tmp_path, [KSchedule(k_start=16, k_end=2, fraction=1.0)], max_epochs=1).fit(model, data)
     assert model.encoder[1].k == round(16 + (2 - 16) * 7 / 8)
-
-
-class StopAfter(pl.Callback):
-    """Interrupt a run planned for `max_epochs` after `epochs`, as a crash or a time limit would."""
-
-    def __init__(self, epochs: int) -> None:
-        self.epochs = epochs
-
-    def on_train_epoch_end(self, trainer, pl_module):
-        if trainer.current_epoch + 1 == self.epochs:
-            trainer.should_stop = True
 
 
 def resume_run(tmp_path, callbacks_factory, data, split_epoch: int):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from quiet_trainer import quiet_trainer
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -63,12 +64,4 @@ class RandomData(pl.LightningDataModule):
 
 
 def make_trainer(tmp_path, callbacks, **kwargs) -> pl.Trainer:
-    defaults = dict(
-        default_root_dir=tmp_path,
-        max_epochs=4,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-    )
-    return pl.Trainer(callbacks=callbacks, **{**defaults, **kwargs})
+    return quiet_trainer(tmp_path, callbacks, **{"max_epochs": 4, **kwargs})

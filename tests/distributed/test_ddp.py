@@ -11,6 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from quiet_trainer import quiet_trainer
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -156,17 +157,8 @@ def schedules():
 
 
 def lightning_trainer(callbacks, devices: int) -> pl.Trainer:
-    return pl.Trainer(
-        accelerator="cpu",
-        devices=devices,
-        strategy="ddp_spawn" if devices > 1 else "auto",
-        max_epochs=2,
-        logger=False,
-        enable_progress_bar=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        callbacks=callbacks,
-    )
+    strategy = "ddp_spawn" if devices > 1 else "auto"
+    return quiet_trainer(None, callbacks, accelerator="cpu", devices=devices, strategy=strategy, max_epochs=2)
 
 
 def test_lightning_ddp_spawn_matches_one_process(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 import pytest
 import pytorch_lightning as pl
 import torch
+from quiet_trainer import quiet_trainer
 
 from ksparse_pl.data import DigitsDataModule
 from ksparse_pl.models import SparseAutoencoder
@@ -48,9 +49,7 @@ def test_training_reduces_error_and_checkpoint_round_trips(tmp_path) -> None:
     pl.seed_everything(0)
     dm = DigitsDataModule(batch_size=64)
     model = SparseAutoencoder(64, 128, k=12, boost_strength=0.5, sensitivity=True)
-    trainer = pl.Trainer(
-        default_root_dir=tmp_path, max_epochs=3, logger=False, enable_progress_bar=False, enable_model_summary=False
-    )
+    trainer = quiet_trainer(tmp_path, max_epochs=3)
     first = trainer.validate(model, dm, verbose=False)[0]["val/fvu"]
     trainer.fit(model, dm)
     last = trainer.validate(model, dm, verbose=False)[0]["val/fvu"]

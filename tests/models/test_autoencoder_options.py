@@ -1,6 +1,7 @@
 import pytest
 import pytorch_lightning as pl
 import torch
+from quiet_trainer import quiet_trainer
 from torch import nn
 
 from ksparse_pl import KSparse, KWinners
@@ -54,14 +55,7 @@ def test_auxk_trains_dead_units_only(sparse_path: bool) -> None:
 
 
 def quick_trainer(root, epochs: int) -> pl.Trainer:
-    return pl.Trainer(
-        default_root_dir=root,
-        max_epochs=epochs,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-    )
+    return quiet_trainer(root, max_epochs=epochs)
 
 
 def test_idle_counter_and_dead_fraction(tmp_path) -> None:

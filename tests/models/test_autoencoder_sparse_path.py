@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+from quiet_trainer import quiet_trainer
 
 from ksparse_pl.data import ArrayDataModule
 from ksparse_pl.models import SparseAutoencoder
@@ -81,14 +82,7 @@ def test_fit_with_the_sparse_path_matches_the_dense_path(tmp_path) -> None:
     for sparse_path in (False, True):
         pl.seed_everything(0)
         model = SparseAutoencoder(16, 40, k=4, activation="kwinners", sensitivity=True, sparse_path=sparse_path)
-        trainer = pl.Trainer(
-            default_root_dir=tmp_path,
-            max_epochs=2,
-            logger=False,
-            enable_progress_bar=False,
-            enable_checkpointing=False,
-            enable_model_summary=False,
-        )
+        trainer = quiet_trainer(tmp_path, max_epochs=2)
         data = ArrayDataModule(str(tmp_path / "data.npz"), y_key=None, scale=1.0, batch_size=16, test_fraction=0.25)
         trainer.fit(model, data)
         final.append(model.state_dict())

@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
+from quiet_trainer import quiet_trainer
 
 from ksparse_pl import KWinners, KWinners2d, SparseWeights
 from ksparse_pl.data import DigitsDataModule
@@ -58,9 +59,7 @@ def test_trains_and_round_trips_through_checkpoint(tmp_path: Path) -> None:
         hidden_k=[10],
         optimizer=lambda p: torch.optim.Adam(p, lr=3e-3),
     )
-    trainer = pl.Trainer(
-        default_root_dir=tmp_path, max_epochs=4, logger=False, enable_progress_bar=False, enable_model_summary=False
-    )
+    trainer = quiet_trainer(tmp_path, max_epochs=4)
     trainer.fit(net, dm)
     accuracy = trainer.validate(net, dm, verbose=False)[0]["val/accuracy"]
     assert accuracy > 0.8

@@ -8,23 +8,13 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
+from quiet_trainer import StopAfter, quiet_trainer
 
 from ksparse_pl.callbacks import DutyCycleBoosting, KSchedule, NodeUsageLogger, SensitivitySchedule
 from ksparse_pl.data import DigitsDataModule
 from ksparse_pl.models import SparseAutoencoder
 
 EPOCHS = 4
-
-
-class StopAfter(pl.Callback):
-    """Interrupt a run planned for EPOCHS epochs, as a crash or a time limit would."""
-
-    def __init__(self, epochs: int) -> None:
-        self.epochs = epochs
-
-    def on_train_epoch_end(self, trainer, pl_module):
-        if trainer.current_epoch + 1 == self.epochs:
-            trainer.should_stop = True
 
 
 def callbacks() -> list[pl.Callback]:
@@ -41,17 +31,7 @@ def model() -> SparseAutoencoder:
 
 
 def trainer(root: Path, extra: list[pl.Callback] = (), **kwargs) -> pl.Trainer:
-    options = {
-        "default_root_dir": root,
-        "max_epochs": EPOCHS,
-        "logger": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "enable_checkpointing": False,
-        "deterministic": True,
-        "callbacks": [*callbacks(), *extra],
-    }
-    return pl.Trainer(**{**options, **kwargs})
+    return quiet_trainer(root, [*callbacks(), *extra], **{"max_epochs": EPOCHS, "deterministic": True, **kwargs})
 
 
 def test_resume_is_bitwise_the_uninterrupted_run(tmp_path: Path) -> None:
