@@ -2,6 +2,7 @@
 
     python benchmarks/bench_callback_overhead.py                  # 3 alternating rounds of 1000 steps each
     python benchmarks/bench_callback_overhead.py --log-every 50   # usage logged 10x as often
+    python benchmarks/bench_callback_overhead.py --no-op          # four callbacks that do nothing
 
 The same k-winners autoencoder (boosting and sensitivity on, so every callback has work) trains on the
 bundled 8x8 digits with an offline W&B logger, once bare and once with NodeUsageLogger (scalars, histogram
@@ -12,6 +13,8 @@ occasional logging step is spread over all of them, as it is in training (the so
 by matplotlib, is most of it: about 0.1 s per layer per log on a 2-core CPU). Rounds alternate which set-up
 runs first so that drift of the machine hits both; the table gives each round and the median ratio. As a
 noise-free view, "in hooks" is the time spent inside the four callbacks' batch and epoch hooks, per step.
+``--no-op`` puts four callbacks without hooks in their place: Lightning's own cost of calling callbacks, and
+how far the wall-clock ratio strays on this machine when the callbacks do nothing.
 """
 
 from __future__ import annotations
@@ -74,7 +77,18 @@ def timed_hooks(callback: pl.Callback, clock: StepClock, spent: list[float]) -> 
     return callback
 
 
-def seconds_per_step(with_callbacks: bool, steps: int, log_every: int, hidden: int) -> tuple[float, float]:
+def monitoring_callbacks(log_every: int, hidden: int) -> list[pl.Callback]:
+    return [
+        NodeUsageLogger(every_n_steps=log_every),
+        SensitivitySchedule(s_max_final=1.0),
+        DutyCycleBoosting(boost_strength_factor=0.9),
+        KSchedule(k_start=hidden // 16, k_end=hidden // 16),
+    ]
+
+
+def seconds_per_step(
+    with_callbacks: bool, steps: int, log_every: int, hidden: int, no_op: bool = False
+) -> tuple[float, float]:
     """(wall seconds per step, seconds per step inside the sparse callbacks' hooks)."""
     pl.seed_everything(0, verbose=False)
     model = SparseAutoencoder(64, hidden, k=hidden // 16, activation="kwinners", boost_strength=1.0, sensitivity=True)
@@ -82,15 +96,8 @@ def seconds_per_step(with_callbacks: bool, steps: int, log_every: int, hidden: i
     spent = [0.0]
     callbacks: list[pl.Callback] = [clock]
     if with_callbacks:
-        callbacks += [
-            timed_hooks(callback, clock, spent)
-            for callback in (
-                NodeUsageLogger(every_n_steps=log_every),
-                SensitivitySchedule(s_max_final=1.0),
-                DutyCycleBoosting(boost_strength_factor=0.9),
-                KSchedule(k_start=hidden // 16, k_end=hidden // 16),
-            )
-        ]
+        added = [pl.Callback() for _ in range(4)] if no_op else monitoring_callbacks(log_every, hidden)
+        callbacks += [timed_hooks(callback, clock, spent) for callback in added]
     with tempfile.TemporaryDirectory() as logs:
         trainer = pl.Trainer(
             accelerator="cpu",
@@ -116,8 +123,9 @@ def main() -> None:
     # About one MNIST epoch at batch 64 (NodeUsageLogger's default interval is one epoch).
     parser.add_argument("--log-every", type=int, default=500)
     parser.add_argument("--hidden", type=int, default=1024)
+    parser.add_argument("--no-op", action="store_true", help="four callbacks that do nothing instead")
     args = parser.parse_args()
-    settings = (args.steps, args.log_every, args.hidden)
+    settings = (args.steps, args.log_every, args.hidden, args.no_op)
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*LeafSpec.*")
     os.environ.setdefault("WANDB_SILENT", "true")
@@ -125,7 +133,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, Lightning {pl.__version__}, {platform.machine()}, {threads} threads")
     print(
         f"SparseAutoencoder(64, {args.hidden}, kwinners + sensitivity), batch 64, {args.steps} timed steps per run, "
-        f"usage logged every {args.log_every} steps"
+        f"usage logged every {args.log_every} steps" + (" (no-op callbacks)" if args.no_op else "")
     )
     print("| round | bare ms/step | with callbacks ms/step | ratio | in hooks ms/step |")
     print("|---|---|---|---|---|")
