@@ -15,7 +15,8 @@ used. Two baselines the layers are measured against in the literature take part 
 case's 4 MiB tensors are sometimes handed back to the system and page-faulted in again on every call,
 depending on what ran before (ReLU once took 2.9 ms so after the layers had run, against 0.31 ms with freed
 memory kept). A second table times the selection alone: ``topk_indices`` (the compiled kernel on CPU
-float32) against ``torch.topk``, on normal scores and on ReLU'd ones (half of them tied at 0).
+float32) against ``torch.topk``, on normal scores and on ReLU'd ones (half of them tied at 0). Between
+them, a table of forward and backward timed apart at the first shape, for ReLU, ``k_sparse`` and ``KSparse``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
+import time
 from collections.abc import Callable
 
 import torch
@@ -141,7 +143,41 @@ def main() -> None:
                 f"{median_ratio(alone, name, 'ReLU'):.2f} | {median_ratio(block, name, 'ReLU'):.2f} | "
                 f"{kb:.0f} KiB (ReLU {relu_saved / 1024:.0f}) |"
             )
+    phase_table(args.rounds, args.repeats)
     selection_table(args.rounds, args.repeats)
+
+
+def phases_ms(module: nn.Module, x: torch.Tensor, grad: torch.Tensor, repeats: int) -> tuple[float, float]:
+    """Median milliseconds of the forward and of the backward of ``module`` on ``x``, timed apart."""
+    forward, backward = [], []
+    for _ in range(repeats):
+        x.grad = None
+        start = time.perf_counter()
+        out = module(x)
+        middle = time.perf_counter()
+        out.backward(grad)
+        forward.append(middle - start)
+        backward.append(time.perf_counter() - middle)
+    return statistics.median(forward) * 1e3, statistics.median(backward) * 1e3
+
+
+def phase_table(rounds: int, repeats: int) -> None:
+    """Forward and backward apart at the first shape: where a layer's time goes against ReLU's."""
+    batch, n, p = SHAPES[0]
+    x, grad = torch.randn(batch, n, requires_grad=True), torch.randn(batch, n)
+    wanted = ("ReLU", "k_sparse (function, no state)", "KSparse")
+    layers = {name: m for name, m in cases(n, p).items() if name in wanted}
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in layers}
+    for _ in range(rounds):
+        for name, module in layers.items():
+            phases_ms(module, x, grad, 2)  # warm-up
+            times[name].append(phases_ms(module, x, grad, repeats))
+    print()
+    print("| B | n | active | layer | forward ms | backward ms |")
+    print("|---|---|---|---|---|---|")
+    for name, pairs in times.items():
+        forward, backward = (statistics.median(phase) for phase in zip(*pairs, strict=True))
+        print(f"| {batch} | {n} | {p:.0%} | {name} | {forward:.3f} | {backward:.3f} |")
 
 
 def selection_table(rounds: int, repeats: int) -> None:
