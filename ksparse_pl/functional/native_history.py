@@ -1,8 +1,8 @@
 """Each selection's previous selection of the same unit, on CPU (``csrc/selection_history.c``).
 
 Cottonwood's sensitivity needs, for every ``(sample, unit)`` selection, when that unit was selected before.
-torch answers by sorting the pairs by unit (about 0.9 ms for 256 x 205 pairs here, the largest part of the
-sensitivity bookkeeping); pairs in sample order, as the layers produce them, need one pass instead.
+torch answers by sorting the pairs by unit, the costliest step of a layer's sensitivity bookkeeping on CPU;
+pairs in sample order, as the layers produce them, need one pass instead.
 """
 
 from __future__ import annotations
