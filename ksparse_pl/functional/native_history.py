@@ -23,6 +23,11 @@ def previous_selection(samples: Tensor, units: Tensor, n: int) -> Tensor | None:
             f"previous_selection: expected 1-D `samples` and `units` of one length, but got shapes "
             f"{tuple(samples.shape)} and {tuple(units.shape)}."
         )
+    for name, pairs in (("samples", samples), ("units", units)):
+        if pairs.dtype != torch.int64 or pairs.device.type != "cpu":
+            raise ValueError(
+                f"previous_selection: expected int64 CPU `{name}`, but got {pairs.dtype} on {pairs.device}."
+            )
     samples, units = samples.contiguous(), units.contiguous()
     previous = torch.empty_like(samples)
     status = library().ksparse_previous_selection(

@@ -35,3 +35,8 @@ def test_a_unit_outside_the_layer_raises(bad: int) -> None:
 def test_pairs_must_be_two_vectors_of_one_length() -> None:
     with pytest.raises(ValueError, match=r"shapes \(2,\) and \(3,\)"):
         previous_selection(torch.tensor([0, 1]), torch.tensor([0, 1, 2]), 5)
+
+
+def test_pairs_must_be_int64() -> None:
+    with pytest.raises(ValueError, match=r"int64 CPU `units`, but got torch.int32"):
+        previous_selection(torch.tensor([0, 1]), torch.tensor([0, 1], dtype=torch.int32), 5)
