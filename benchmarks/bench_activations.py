@@ -13,8 +13,8 @@ used. Two baselines the layers are measured against in the literature take part 
 ``kwinners``). The bytes autograd keeps for backward are counted with saved-tensor hooks.
 ``--keep-freed-memory`` calls :func:`ksparse_pl.allocator.keep_freed_memory` first: with glibc's defaults a
 case's 4 MiB tensors are sometimes handed back to the system and page-faulted in again on every call,
-depending on what ran before (ReLU once took 2.9 ms so after the layers had run, against 0.31 ms with freed
-memory kept). A second table times the selection alone: ``topk_indices`` (the compiled kernel on CPU
+depending on what ran before (in a short run without the flag ReLU took 3.4 ms at the first shape, about
+0.5 ms with it). A second table times the selection alone: ``topk_indices`` (the compiled kernel on CPU
 float32) against ``torch.topk``, on normal scores and on ReLU'd ones (half of them tied at 0). Between
 them, a table of forward and backward timed apart at the first shape, for ReLU, ``k_sparse`` and ``KSparse``.
 """
