@@ -4,8 +4,9 @@ The shared library is cached in ``$KSPARSE_PL_CACHE`` (default ``$XDG_CACHE_HOME
 ``~/.cache/ksparse_pl``), keyed by the sources and the compiler, so a machine compiles it once (about a
 second). Without a working compiler, or with ``KSPARSE_PL_NATIVE=0``, everything warns once and uses torch's
 own operations: the same results, except which of several tied scores win a top-k selection.
-:mod:`~ksparse_pl.functional.native_topk`, :mod:`~ksparse_pl.functional.native_rows` and
-:mod:`~ksparse_pl.functional.native_history` wrap the kernels.
+:mod:`~ksparse_pl.functional.native_topk`, :mod:`~ksparse_pl.functional.native_rows`,
+:mod:`~ksparse_pl.functional.native_history` and :mod:`~ksparse_pl.functional.native_duty_cycle` wrap the
+kernels.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch
 from torch import Tensor
 
 _CSRC = Path(__file__).with_name("csrc")
-_SOURCES = [_CSRC / name for name in ("topk_rows.c", "sparse_rows.c", "selection_history.c")]
+_SOURCES = [_CSRC / name for name in ("topk_rows.c", "sparse_rows.c", "selection_history.c", "duty_cycle.c")]
 _HEADERS = [_CSRC / "threads.h"]
 _FLAGS = ["-O3", "-shared", "-fPIC"]
 # OpenMP, when the compiler has it: the library then shares torch's OpenMP runtime and thread pool.
@@ -94,6 +95,9 @@ def _library() -> ctypes.CDLL | None:
         getattr(lib, name).argtypes = [pointer, pointer, pointer, pointer, i64, i64, i64, i64, ctypes.c_int]
     # (samples, units, pairs, n, previous)
     lib.ksparse_previous_selection.argtypes = [pointer, pointer, i64, i64, pointer]
+    # (duty_cycle, selection_count, samples_seen, counts, n, batch, positions, period)
+    lib.ksparse_add_wins.argtypes = [pointer, pointer, pointer, pointer, i64, i64, i64, i64]
+    lib.ksparse_add_wins.restype = None
     lib.ksparse_init()
     return lib
 
