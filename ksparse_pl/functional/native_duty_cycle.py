@@ -31,15 +31,19 @@ def add_wins_(
     int64 scalar; all contiguous CPU tensors.
     """
     n = duty_cycle.shape[0]
-    expected = {"duty_cycle": torch.float32, "selection_count": torch.int64, "counts": torch.int64}
-    for name, tensor in (("duty_cycle", duty_cycle), ("selection_count", selection_count), ("counts", counts)):
-        if tensor.shape != (n,) or tensor.dtype != expected[name] or not tensor.is_contiguous():
+    vectors = {"duty_cycle": (duty_cycle, torch.float32), "selection_count": (selection_count, torch.int64)}
+    vectors["counts"] = (counts, torch.int64)
+    for name, (tensor, dtype) in vectors.items():
+        if tensor.shape != (n,) or tensor.dtype != dtype or tensor.device.type != "cpu" or not tensor.is_contiguous():
             raise ValueError(
-                f"add_wins_: expected a contiguous ({n},) {expected[name]} `{name}`, but got {tuple(tensor.shape)} "
-                f"{tensor.dtype}."
+                f"add_wins_: expected a contiguous ({n},) {dtype} CPU `{name}`, but got {tuple(tensor.shape)} "
+                f"{tensor.dtype} on {tensor.device} (contiguous: {tensor.is_contiguous()})."
             )
-    if samples_seen.numel() != 1 or samples_seen.dtype != torch.int64:
-        raise ValueError(f"add_wins_: expected an int64 scalar `samples_seen`, but got {samples_seen.dtype}.")
+    if samples_seen.numel() != 1 or samples_seen.dtype != torch.int64 or samples_seen.device.type != "cpu":
+        raise ValueError(
+            f"add_wins_: expected an int64 CPU scalar `samples_seen`, but got {samples_seen.dtype} on "
+            f"{samples_seen.device}."
+        )
     library().ksparse_add_wins(
         duty_cycle.data_ptr(),
         selection_count.data_ptr(),

@@ -31,12 +31,25 @@ def test_first_batch_by_hand() -> None:
 
 
 def test_wrong_dtype_is_refused() -> None:
-    with pytest.raises(ValueError, match=r"contiguous \(2,\) torch.int64 `counts`, but got \(2,\) torch.int32"):
+    with pytest.raises(ValueError, match=r"contiguous \(2,\) torch.int64 CPU `counts`, but got \(2,\) torch.int32"):
         add_wins_(
             torch.zeros(2),
             torch.zeros(2, dtype=torch.int64),
             torch.tensor(0),
             torch.ones(2, dtype=torch.int32),
+            4,
+            1,
+            9,
+        )
+
+
+def test_a_strided_vector_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"`duty_cycle`, but got \(2,\) torch.float32 on cpu \(contiguous: False\)"):
+        add_wins_(
+            torch.zeros(4)[::2],
+            torch.zeros(2, dtype=torch.int64),
+            torch.tensor(0),
+            torch.ones(2, dtype=torch.int64),
             4,
             1,
             9,
