@@ -31,9 +31,12 @@ def add_wins_(
     int64 scalar; all contiguous CPU tensors.
     """
     n = duty_cycle.shape[0]
-    vectors = {"duty_cycle": (duty_cycle, torch.float32), "selection_count": (selection_count, torch.int64)}
-    vectors["counts"] = (counts, torch.int64)
-    for name, (tensor, dtype) in vectors.items():
+    vectors = (
+        ("duty_cycle", duty_cycle, torch.float32),
+        ("selection_count", selection_count, torch.int64),
+        ("counts", counts, torch.int64),
+    )
+    for name, tensor, dtype in vectors:
         if tensor.shape != (n,) or tensor.dtype != dtype or tensor.device.type != "cpu" or not tensor.is_contiguous():
             raise ValueError(
                 f"add_wins_: expected a contiguous ({n},) {dtype} CPU `{name}`, but got {tuple(tensor.shape)} "
