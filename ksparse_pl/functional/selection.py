@@ -197,8 +197,7 @@ def select_and_keep(
     check_k(k, n)
     if native_applies(x, dim) and (boost_factors is None or boost_factors.shape == (n,)):
         return _SelectRows.apply(x, k, boost_factors, by_magnitude, relu, counts)
-    scores = selection_scores(x, by_magnitude=by_magnitude, boost_factors=boost_factors)
-    indices = topk_indices(scores, k, dim=dim)
+    indices = winner_indices(x, k, dim=dim, by_magnitude=by_magnitude, boost_factors=boost_factors)
     out = keep_winners(x, indices, dim=dim, relu=relu)
     return out, indices, winner_counts(indices, n) if counts else None
 
