@@ -87,6 +87,7 @@ def _library() -> ctypes.CDLL | None:
         i64,  # n
         i64,  # k
         ctypes.c_float,  # z
+        ctypes.c_float,  # z_low
         ctypes.c_int,  # threads
     ]
     lib.ksparse_take_rows.argtypes = [pointer, pointer, pointer, ctypes.c_int, pointer, i64, i64, i64, ctypes.c_int]

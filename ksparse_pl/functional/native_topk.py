@@ -11,6 +11,7 @@ which picks the same winners except among tied scores.
 from __future__ import annotations
 
 import functools
+import math
 import statistics
 from typing import NamedTuple
 
@@ -72,7 +73,7 @@ def select_rows(
         rows.shape[0],
         n,
         k,
-        _first_guess(k, n),
+        *_normal_quantiles(k, n),
         torch.get_num_threads(),
     ):
         raise MemoryError("ksparse_pl's top-k kernel could not allocate its row buffers")
@@ -80,9 +81,13 @@ def select_rows(
 
 
 @functools.lru_cache(maxsize=256)
-def _first_guess(k: int, n: int) -> float:
-    """The kernel's first guess of a row's threshold, in standard deviations above its mean (normal rows)."""
-    return statistics.NormalDist().inv_cdf(1 - k / n) if k < n else 0.0
+def _normal_quantiles(k: int, n: int) -> tuple[float, float]:
+    """Where the kernel's search starts, in standard deviations above a row's mean (normal rows): the
+    threshold that ``k`` of ``n`` scores pass, and the lower one that ``2k`` pass, to which the kernel first
+    compacts the row (NaN: no compaction, when ``2k`` is over half the row and it would save little)."""
+    normal = statistics.NormalDist()
+    z = normal.inv_cdf(1 - k / n) if k < n else 0.0
+    return z, normal.inv_cdf(1 - 2 * k / n) if 4 * k <= n else math.nan
 
 
 def take_rows(src: Tensor, indices: Tensor, factors: Tensor | None = None, relu: bool = False) -> Tensor:

@@ -3,8 +3,10 @@
  * torch.topk copies every row into (value, index) pairs and runs nth_element on them; for the few percent
  * of winners a sparse layer keeps, it is much cheaper to search a threshold t with exactly k scores >= t:
  * each try is one vectorized counting pass over a row that stays in L1, and interpolating the counts finds
- * t in a handful of tries.  Rows with a NaN or an infinite score take a generic path (order-preserving
- * integer keys and quickselect).
+ * t in a handful of tries.  A first pass compacts the row to about 2k candidates, so that most tries count
+ * a few hundred scores; when the winners are exactly the scores >= t, the sparse output is written in one
+ * masked pass.  Rows with a NaN or an infinite score take a generic path (order-preserving integer keys and
+ * quickselect).
  *
  * Contract of ksparse_topk_rows: for every row, the indices of the k largest scores in ascending index
  * order; NaN ranks above every number, -0 ties with +0, and among tied scores the lower index wins.
@@ -105,6 +107,15 @@ static void scores_portable(const float *x, const float *boost, int by_magnitude
     }
 }
 
+/* The sparse output of a row whose winners are exactly the scores s >= t: x there (ReLU'd if relu), 0
+ * elsewhere.  One pass while the row is in cache, instead of zeroing the output and scattering the winners. */
+static void write_above_portable(const float *s, const float *x, float t, int relu, int64_t n, float *dst) {
+    for (int64_t i = 0; i < n; i++) {
+        float v = relu && x[i] < 0.0f ? 0.0f : x[i];
+        dst[i] = s[i] >= t ? v : 0.0f;
+    }
+}
+
 /* ---------------------------------------------------------------- AVX2 kernels (chosen at run time) */
 #ifdef KSPARSE_X86
 __attribute__((target("avx2"))) static float hmin(__m256 v) {
@@ -131,27 +142,36 @@ __attribute__((target("avx2"))) static double hsum(__m256 v) {
     return m;
 }
 
-/* Two sets of accumulators, so that the adds do not wait on each other.  A NaN makes the sum NaN and an
- * infinity makes the sum or the extremes infinite, so the row is finite when they are (a sum of squares
- * that overflows only sends a huge but finite row down the generic path, which is exact too). */
+/* Four sets of sums and two of extremes, so that the adds do not wait on each other (with two sets of
+ * sums, their latency bounded the pass; more sets would not fit in the registers).  A NaN makes the sum NaN
+ * and an infinity makes the sum or the extremes infinite, so the row is finite when they are (a sum of
+ * squares that overflows only sends a huge but finite row down the generic path, which is exact too). */
 __attribute__((target("avx2,fma"))) static row_stats stats_avx2(const float *s, int64_t n) {
-    int64_t body = n - n % 16;
+    int64_t body = n - n % 32;
     __m256 lo = _mm256_set1_ps(INFINITY), hi = _mm256_set1_ps(-INFINITY), lo2 = lo, hi2 = hi;
-    __m256 sum = _mm256_setzero_ps(), sumsq = sum, sum2 = sum, sumsq2 = sum;
-    for (int64_t i = 0; i < body; i += 16) {
+    __m256 sum = _mm256_setzero_ps(), sum2 = sum, sum3 = sum, sum4 = sum;
+    __m256 sumsq = sum, sumsq2 = sum, sumsq3 = sum, sumsq4 = sum;
+    for (int64_t i = 0; i < body; i += 32) {
         __m256 v = _mm256_loadu_ps(s + i), w = _mm256_loadu_ps(s + i + 8);
-        lo = _mm256_min_ps(lo, v);
-        hi = _mm256_max_ps(hi, v);
+        __m256 v2 = _mm256_loadu_ps(s + i + 16), w2 = _mm256_loadu_ps(s + i + 24);
+        lo = _mm256_min_ps(lo, _mm256_min_ps(v, w));
+        hi = _mm256_max_ps(hi, _mm256_max_ps(v, w));
+        lo2 = _mm256_min_ps(lo2, _mm256_min_ps(v2, w2));
+        hi2 = _mm256_max_ps(hi2, _mm256_max_ps(v2, w2));
         sum = _mm256_add_ps(sum, v);
-        sumsq = _mm256_fmadd_ps(v, v, sumsq);
-        lo2 = _mm256_min_ps(lo2, w);
-        hi2 = _mm256_max_ps(hi2, w);
         sum2 = _mm256_add_ps(sum2, w);
+        sum3 = _mm256_add_ps(sum3, v2);
+        sum4 = _mm256_add_ps(sum4, w2);
+        sumsq = _mm256_fmadd_ps(v, v, sumsq);
         sumsq2 = _mm256_fmadd_ps(w, w, sumsq2);
+        sumsq3 = _mm256_fmadd_ps(v2, v2, sumsq3);
+        sumsq4 = _mm256_fmadd_ps(w2, w2, sumsq4);
     }
     lo = _mm256_min_ps(lo, lo2);
     hi = _mm256_max_ps(hi, hi2);
-    double total = hsum(sum) + hsum(sum2), squares = hsum(sumsq) + hsum(sumsq2);
+    sum = _mm256_add_ps(_mm256_add_ps(sum, sum2), _mm256_add_ps(sum3, sum4));
+    sumsq = _mm256_add_ps(_mm256_add_ps(sumsq, sumsq2), _mm256_add_ps(sumsq3, sumsq4));
+    double total = hsum(sum), squares = hsum(sumsq);
     stats_sums a = {hmin(lo), hmax(hi), total, squares, isfinite(total) && isfinite(squares)};
     a.finite = a.finite && isfinite(a.min) && isfinite(a.max);
     add_to_sums(&a, s + body, n - body);
@@ -235,6 +255,19 @@ __attribute__((target("avx2"))) static void scores_avx2(const float *x, const fl
     }
     scores_portable(x + body, boost ? boost + body : NULL, by_magnitude, n - body, out + body);
 }
+
+/* write_above_portable; _mm256_max_ps(0, v) is v for a NaN v, as v < 0 is false there. */
+__attribute__((target("avx2"))) static void write_above_avx2(const float *s, const float *x, float t, int relu,
+                                                             int64_t n, float *dst) {
+    int64_t body = n - n % 8;
+    __m256 tv = _mm256_set1_ps(t), zero = _mm256_setzero_ps();
+    for (int64_t i = 0; i < body; i += 8) {
+        __m256 v = _mm256_loadu_ps(x + i);
+        if (relu) v = _mm256_max_ps(zero, v);
+        _mm256_storeu_ps(dst + i, _mm256_and_ps(_mm256_cmp_ps(_mm256_loadu_ps(s + i), tv, _CMP_GE_OQ), v));
+    }
+    write_above_portable(s + body, x + body, t, relu, n - body, dst + body);
+}
 #endif
 
 static row_stats (*stats)(const float *, int64_t) = stats_portable;
@@ -242,6 +275,7 @@ static int64_t (*count_at_least)(const float *, int64_t, float) = count_portable
 static int64_t (*collect_at_least)(const float *, const int32_t *, int64_t, float, int32_t *, float *) = collect_portable;
 static int64_t (*keys_below)(const float *, int64_t, float, uint32_t *) = keys_below_portable;
 static void (*row_scores)(const float *, const float *, int, int64_t, float *) = scores_portable;
+static void (*write_above)(const float *, const float *, float, int, int64_t, float *) = write_above_portable;
 
 /* Picks the kernels for this CPU; returns 1 when the AVX2 ones are in use. */
 int ksparse_init(void) {
@@ -254,6 +288,7 @@ int ksparse_init(void) {
         collect_at_least = collect_avx2;
         keys_below = keys_below_avx2;
         row_scores = scores_avx2;
+        write_above = write_above_avx2;
         return 1;
     }
 #endif
@@ -310,16 +345,40 @@ static void select_by_keys(const float *s, int64_t n, int64_t k, int64_t *idx, u
 /* ---------------------------------------------------------------- fast path: threshold search */
 #define MAX_TRIES 12 /* then the band is finished by quickselect, however wide (ties, odd rows) */
 #define BAND 48      /* the search stops once at most this many scores lie between its brackets */
+#define CANDIDATE_BAND 8 /* the same over the compacted candidates, whose counting passes are cheap */
 
 static float midpoint(float lo, float hi) { return (float)(((double)lo + (double)hi) * 0.5); }
 
-/* Winners once the k-th largest score is known to lie in [lo, hi), with c_hi scores >= hi: one pass gathers
- * the scores >= lo (cand, and their values), and the k - c_hi largest of those below hi join the ones above.
- * Which side of a bracket a score falls on is unpredictable, so the candidates are sifted by vector
- * compares rather than branches. */
-static void finish_in_band(const float *s, int64_t n, int64_t k, float lo, float hi, int64_t c_hi, int64_t *idx,
-                           int32_t *cand, float *values, uint32_t *keys) {
-    int64_t m = collect_at_least(s, NULL, n, lo, cand, values);
+/* Per-thread work space of the threshold search; every array has room for n + 8 entries. */
+typedef struct {
+    int32_t *cand;      /* the candidates: ids of the scores >= the compaction threshold */
+    float *values;      /* and their scores */
+    int32_t *band;      /* ids of the scores >= the band's lower bracket */
+    float *band_values; /* and their scores */
+    uint32_t *keys;
+} work_space;
+
+/* What the search assumes of a row before reading it (normal rows): k/n of it lies z deviations above the
+ * mean, where the count falls by about n * density / std per unit of threshold, and about 2k scores lie
+ * z_low deviations above the mean (NaN: no compaction). */
+typedef struct {
+    float z, z_low;
+    double density;
+} normal_guess;
+
+/* Winners once the k-th largest score of s (ids: the scores' ids, NULL for their positions) is known to lie
+ * in [lo, hi), with c_hi scores >= hi: one pass gathers the scores >= lo (band, band_values), and the
+ * k - c_hi largest of those below hi join the ones above.  Which side of a bracket a score falls on is
+ * unpredictable, so the candidates are sifted by vector compares rather than branches.
+ *
+ * This and the functions below return the winners' threshold: the winners are exactly the scores >= it
+ * (NaN when the k-th largest score is tied, so that no threshold separates them). */
+static float finish_in_band(const float *s, const int32_t *ids, int64_t n, int64_t k, float lo, float hi,
+                            int64_t c_hi, int64_t *idx, work_space *w) {
+    int32_t *cand = w->band;
+    float *values = w->band_values;
+    uint32_t *keys = w->keys;
+    int64_t m = collect_at_least(s, ids, n, lo, cand, values);
     int64_t b = keys_below(values, m, hi, keys);
     uint32_t kth = rth_largest(keys, b, k - c_hi);
     int64_t above = c_hi, equal = 0;
@@ -334,38 +393,32 @@ static void finish_in_band(const float *s, int64_t n, int64_t k, float lo, float
         int32_t *winners = (int32_t *)keys;
         collect_at_least(values, cand, m, t, winners, NULL);
         for (int64_t j = 0; j < k; j++) idx[j] = winners[j];
-        return;
+        return t;
     }
     int64_t ties = k - above, o = 0; /* tied k-th scores: the lower indices win */
     for (int64_t j = 0; j < m && o < k; j++) {
         uint32_t key = finite_key(values[j]);
         if (key > kth || (key == kth && ties-- > 0)) idx[o++] = cand[j];
     }
+    return NAN;
 }
 
-/* Returns 0 (the caller takes the generic path) for rows with a NaN or an infinite score.  z: the normal
- * quantile of 1 - k/n, density: the normal density at z. */
-static int select_by_threshold(const float *s, int64_t n, int64_t k, float z, double density, int64_t *idx,
-                               int32_t *cand, float *values, uint32_t *keys) {
-    row_stats r = stats(s, n);
-    if (!r.finite) return 0;
-    /* Invariant: count(lo) = c_lo > k > c_hi = count(hi), where count(t) is the number of scores >= t. */
-    float lo = r.min, hi = nextafterf(r.max, INFINITY);
-    int64_t c_lo = n, c_hi = 0;
-    /* The first guess and the first step assume a normal row: k/n of it lies z deviations above the mean,
-     * where the count falls by about n * density(z) / std per unit of threshold. */
-    float t = r.mean + z * r.std;
-    double slope = -(double)n * density / (r.std > 0.0f ? r.std : 1.0f);
+/* The winners of the finite scores s (ids as in finish_in_band), given brackets of the k-th largest:
+ * count(lo) = c_lo > k > c_hi = count(hi), where count(t) is the number of scores >= t; t: the first try,
+ * slope: the expected change of the count per unit of threshold. */
+static float search_threshold(const float *s, const int32_t *ids, int64_t n, int64_t k, float lo, float hi,
+                              int64_t c_lo, int64_t c_hi, float t, double slope, int64_t band, int64_t *idx,
+                              work_space *w) {
     float t_prev = t;
     int64_t c_prev = -1;
-    for (int tries = 0; tries < MAX_TRIES && c_lo - c_hi > BAND; tries++) {
+    for (int tries = 0; tries < MAX_TRIES && c_lo - c_hi > band; tries++) {
         if (!(t > lo && t < hi)) t = midpoint(lo, hi);
         if (!(t > lo && t < hi)) break; /* neighbouring floats: the band holds one (tied) value */
         int64_t c = count_at_least(s, n, t);
         if (c == k) {
-            collect_at_least(s, NULL, n, t, cand, NULL);
-            for (int64_t j = 0; j < k; j++) idx[j] = cand[j];
-            return 1;
+            collect_at_least(s, ids, n, t, w->band, NULL);
+            for (int64_t j = 0; j < k; j++) idx[j] = w->band[j];
+            return t;
         }
         if (c > k) {
             lo = t;
@@ -380,21 +433,56 @@ static int select_by_threshold(const float *s, int64_t n, int64_t k, float z, do
         if (c_prev >= 0 && c_prev != c) slope = (double)(c - c_prev) / ((double)t - (double)t_prev);
         t_prev = t;
         c_prev = c;
-        double target = c > k ? k - BAND / 4 : k + BAND / 4;
+        double target = c > k ? k - band / 4 : k + band / 4;
         t = (float)((double)t + (target - (double)c) / slope);
     }
-    finish_in_band(s, n, k, lo, hi, c_hi, idx, cand, values, keys);
+    return finish_in_band(s, ids, n, k, lo, hi, c_hi, idx, w);
+}
+
+/* Returns 0 (the caller takes the generic path) for rows with a NaN or an infinite score.
+ *
+ * Before searching, one pass compacts the row to the scores at or above a threshold that about 2k of a
+ * normal row pass (the candidates, in order): every winner is among them when they are at least k, and the
+ * search's counting passes then run over a few hundred scores instead of the row.  Fewer than k (a row far
+ * from normal) only narrows the search's brackets. */
+static int select_by_threshold(const float *s, int64_t n, int64_t k, const normal_guess *g, int64_t *idx,
+                               float *threshold, work_space *w) {
+    row_stats r = stats(s, n);
+    if (!r.finite) return 0;
+    float lo = r.min, hi = nextafterf(r.max, INFINITY);
+    int64_t c_lo = n, c_hi = 0;
+    float t = r.mean + g->z * r.std;
+    double slope = -(double)n * g->density / (r.std > 0.0f ? r.std : 1.0f);
+    float t_low = r.mean + g->z_low * r.std; /* NaN without compaction: fails both compares */
+    if (t_low > lo && t_low < hi) {
+        int64_t m = collect_at_least(s, NULL, n, t_low, w->cand, w->values);
+        if (m == k) {
+            for (int64_t j = 0; j < k; j++) idx[j] = w->cand[j];
+            *threshold = t_low;
+            return 1;
+        }
+        if (m > k) {
+            *threshold = search_threshold(w->values, w->cand, m, k, t_low, hi, m, c_hi, t, slope, CANDIDATE_BAND,
+                                          idx, w);
+            return 1;
+        }
+        hi = t_low;
+        c_hi = m;
+    }
+    *threshold = search_threshold(s, NULL, n, k, lo, hi, c_lo, c_hi, t, slope, BAND, idx, w);
     return 1;
 }
 
-/* cand, values and keys: room for n + 8 each. */
-static void select_row(const float *s, int64_t n, int64_t k, float z, double density, int64_t *idx, int32_t *cand,
-                       float *values, uint32_t *keys) {
+/* The winners of a row to idx; returns their threshold as search_threshold does (NaN also for rows with a
+ * NaN or an infinite score, and for k = n). */
+static float select_row(const float *s, int64_t n, int64_t k, const normal_guess *g, int64_t *idx, work_space *w) {
+    float threshold = NAN;
     if (k == n) {
         for (int64_t i = 0; i < n; i++) idx[i] = i;
-    } else if (!select_by_threshold(s, n, k, z, density, idx, cand, values, keys)) {
-        select_by_keys(s, n, k, idx, keys);
+    } else if (!select_by_threshold(s, n, k, g, idx, &threshold, w)) {
+        select_by_keys(s, n, k, idx, w->keys);
     }
+    return threshold;
 }
 
 /* ---------------------------------------------------------------- rows split over threads */
@@ -407,8 +495,7 @@ typedef struct {
     int relu;
     int64_t *counts;    /* (n,) out, or NULL: how many rows each column won in */
     int64_t n, k;
-    float z;
-    double density; /* of the standard normal at z */
+    normal_guess guess;
 } select_job;
 
 typedef struct {
@@ -443,13 +530,16 @@ static void *select_slice(void *arg) {
     const select_job *job = sl->job;
     int64_t n = job->n, k = job->k;
     int scored = job->boost || job->by_magnitude;
-    /* cand, values, keys: n + 8 for the whole vectors the AVX2 kernels store; scores, counts: n */
-    char *work = malloc((n + 8) * (sizeof(int32_t) + sizeof(float) + sizeof(uint32_t)) + n * (sizeof(float) + sizeof(int64_t)));
+    /* the work space: n + 8 for the whole vectors the AVX2 kernels store; scores, counts: n */
+    char *work = malloc((n + 8) * 5 * sizeof(float) + n * (sizeof(float) + sizeof(int64_t)));
     if (!work) return (void *)1;
-    int32_t *cand = (int32_t *)work;
-    float *values = (float *)(cand + n + 8);
-    uint32_t *keys = (uint32_t *)(values + n + 8);
-    float *scores = (float *)(keys + n + 8);
+    work_space w;
+    w.cand = (int32_t *)work;
+    w.values = (float *)(w.cand + n + 8);
+    w.band = (int32_t *)(w.values + n + 8);
+    w.band_values = (float *)(w.band + n + 8);
+    w.keys = (uint32_t *)(w.band_values + n + 8);
+    float *scores = (float *)(w.keys + n + 8);
     int64_t *counts = (int64_t *)(scores + n);
     if (job->counts) memset(counts, 0, n * sizeof(int64_t));
     for (int64_t row = sl->begin; row < sl->end; row++) {
@@ -459,8 +549,11 @@ static void *select_slice(void *arg) {
             row_scores(x, job->boost, job->by_magnitude, n, scores);
             s = scores;
         }
-        select_row(s, n, k, job->z, job->density, idx, cand, values, keys);
-        if (job->dst) write_row(x, idx, NULL, job->relu, n, k, job->dst + row * n); /* idx in range by construction */
+        float threshold = select_row(s, n, k, &job->guess, idx, &w);
+        if (job->dst && !isnan(threshold))
+            write_above(s, x, threshold, job->relu, n, job->dst + row * n);
+        else if (job->dst)
+            write_row(x, idx, NULL, job->relu, n, k, job->dst + row * n); /* idx in range by construction */
         if (job->counts)
             for (int64_t j = 0; j < k; j++) counts[idx[j]]++;
     }
@@ -508,11 +601,12 @@ static int run_rows(void *(*fn)(void *), const void *job, int64_t rows, int64_t 
 
 /* Per row of x (rows, n): indices = the k largest scores (x, or |x| if by_magnitude, times boost if not
  * NULL), ascending; if dst, the sparse output (x at the winners, ReLU'd if relu); if counts (zeroed by the
- * caller), how many rows each column won in.  z: normal quantile of 1 - k/n (first guess).  Returns
- * nonzero if a thread could not allocate its buffers. */
+ * caller), how many rows each column won in.  z, z_low: the normal quantiles of 1 - k/n and 1 - 2k/n (NaN
+ * for no compaction; see select_by_threshold).  Returns nonzero if a thread could not allocate its buffers. */
 int ksparse_select_rows(const float *x, const float *boost, int by_magnitude, int64_t *indices, float *dst, int relu,
-                        int64_t *counts, int64_t rows, int64_t n, int64_t k, float z, int threads) {
-    select_job job = {x, boost, by_magnitude, indices, dst, relu, counts, n, k, z, exp(-0.5 * (double)z * z) * 0.3989422804014327};
+                        int64_t *counts, int64_t rows, int64_t n, int64_t k, float z, float z_low, int threads) {
+    normal_guess guess = {z, z_low, exp(-0.5 * (double)z * z) * 0.3989422804014327};
+    select_job job = {x, boost, by_magnitude, indices, dst, relu, counts, n, k, guess};
     return run_rows(select_slice, &job, rows, n, threads);
 }
 
