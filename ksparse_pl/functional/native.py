@@ -40,11 +40,10 @@ def native_enabled() -> bool:
 def native_serves(*values: Tensor, indices: Tensor | None = None) -> bool:
     """Whether the kernels serve these tensors: float32 ``values`` and int64 ``indices``, all on the CPU,
     outside ``torch.compile`` tracing."""
-    tensors = values if indices is None else (*values, indices)
+    # is_cpu rather than device.type: this runs several times per layer step, and building a device costs.
     return (
-        all(t.dtype == torch.float32 for t in values)
-        and (indices is None or indices.dtype == torch.int64)
-        and all(t.device.type == "cpu" for t in tensors)
+        all(t.dtype == torch.float32 and t.is_cpu for t in values)
+        and (indices is None or (indices.dtype == torch.int64 and indices.is_cpu))
         and not torch.compiler.is_compiling()
         and native_enabled()
     )

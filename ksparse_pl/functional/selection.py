@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
+from ksparse_pl.functional._autograd import first_order_only
 from ksparse_pl.functional._checks import check_float_input, check_k
 from ksparse_pl.functional.boosting import winner_counts
 from ksparse_pl.functional.native_topk import native_applies, select_rows, take_rows
@@ -127,7 +127,7 @@ class _KeepWinnersRows(torch.autograd.Function):
         return take_rows(x, indices, relu=relu)
 
     @staticmethod
-    @once_differentiable
+    @first_order_only
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None]:
         indices, factors = ctx.saved_tensors
         return take_rows(grad, indices, factors), None, None, None
@@ -149,7 +149,7 @@ class _SelectRows(torch.autograd.Function):
         return selection.output, selection.indices, selection.counts  # type: ignore[return-value]
 
     @staticmethod
-    @once_differentiable
+    @first_order_only
     def backward(ctx: Any, grad: Tensor, *_: Any) -> tuple[Tensor, None, None, None, None, None]:
         indices, factors = ctx.saved_tensors
         return take_rows(grad, indices, factors), None, None, None, None, None

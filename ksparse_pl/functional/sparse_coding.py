@@ -14,8 +14,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
+from ksparse_pl.functional._autograd import first_order_only
 from ksparse_pl.functional.native import native_serves
 from ksparse_pl.functional.native_rows import dot_rows, gather_rows, scatter_rows
 from ksparse_pl.functional.selection import topk_indices
@@ -30,7 +30,7 @@ class _SelectedRows(torch.autograd.Function):
         return values.clone()
 
     @staticmethod
-    @once_differentiable
+    @first_order_only
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, Tensor, None, None]:
         x, weight, indices = ctx.saved_tensors
         grad = grad.to(weight.dtype)
@@ -68,7 +68,7 @@ class _DecodeRows(torch.autograd.Function):
         return gather_rows(rows, indices, values)
 
     @staticmethod
-    @once_differentiable
+    @first_order_only
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, Tensor | None]:
         values, indices, rows = ctx.saved_tensors
         grad_values = dot_rows(rows, indices, grad) if ctx.needs_input_grad[0] else None
