@@ -37,12 +37,12 @@ def add_wins_(
         ("counts", counts, torch.int64),
     )
     for name, tensor, dtype in vectors:
-        if tensor.shape != (n,) or tensor.dtype != dtype or tensor.device.type != "cpu" or not tensor.is_contiguous():
+        if tensor.shape != (n,) or tensor.dtype != dtype or not tensor.is_cpu or not tensor.is_contiguous():
             raise ValueError(
                 f"add_wins_: expected a contiguous ({n},) {dtype} CPU `{name}`, but got {tuple(tensor.shape)} "
                 f"{tensor.dtype} on {tensor.device} (contiguous: {tensor.is_contiguous()})."
             )
-    if samples_seen.numel() != 1 or samples_seen.dtype != torch.int64 or samples_seen.device.type != "cpu":
+    if samples_seen.numel() != 1 or samples_seen.dtype != torch.int64 or not samples_seen.is_cpu:
         raise ValueError(
             f"add_wins_: expected an int64 CPU scalar `samples_seen`, but got {samples_seen.dtype} on "
             f"{samples_seen.device}."

@@ -136,8 +136,9 @@ def sensitivity_across(
     """
     offsets = torch.cumsum(sizes, 0) - sizes
     global_last = torch.where(last >= 0, last + offsets.unsqueeze(1), -1)  # (R, n) in global sample indices
-    before = global_last[:rank].amax(0) if rank > 0 else torch.full_like(global_last[0], -1)
-    start = _since_last(before, offsets[rank], sensitivity, s_max, tau)
+    # Rank 0 starts from the state itself, as a single process does (the closed form after 0 idle samples
+    # equals it only up to rounding).
+    start = _since_last(global_last[:rank].amax(0), offsets[rank], sensitivity, s_max, tau) if rank else sensitivity
     final = _since_last(global_last.amax(0), sizes.sum(), sensitivity, s_max, tau)
     return start, final
 

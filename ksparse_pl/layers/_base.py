@@ -15,6 +15,7 @@ from ksparse_pl.functional import (
     select_and_keep,
     selection_scores,
     sensitivity_across,
+    sensitivity_after,
     sensitivity_factors_at,
     threshold_mask,
     update_duty_cycle,
@@ -54,6 +55,7 @@ class SparseActivation(nn.Module):
     """
 
     _dim: int = -1
+    _is_replica: bool = False  # set by nn.DataParallel's replicate() on its per-GPU copies
     duty_cycle: Tensor
     sensitivity: Tensor
     boost_strength: Tensor
@@ -227,7 +229,7 @@ class SparseActivation(nn.Module):
         Returns:
             The sensitivity factor of every pair (None without sensitivity).
         """
-        if getattr(self, "_is_replica", False):
+        if self._is_replica:
             raise RuntimeError(
                 f"{type(self).__name__} cannot keep its training statistics under nn.DataParallel (its replicas "
                 "are discarded after each forward); use DistributedDataParallel (Lightning strategy='ddp')."
@@ -235,9 +237,8 @@ class SparseActivation(nn.Module):
         batch = candidates.shape[0]
         with torch.no_grad():
             self._own_state()
-            if pairs is None and not distributed():
-                self._add_wins(counts, batch, self._positions(candidates))
-                return None
+            if not distributed():
+                return self._update_local_state(counts, batch, self._positions(candidates), pairs)
             last = last_selected(*pairs, self.units) if pairs is not None else counts.new_empty(0)
             local = torch.cat([counts, last, counts.new_tensor([batch])])
             gathered, rank = gather_statistics(local)  # (R, n + len(last) + 1)
@@ -250,6 +251,18 @@ class SparseActivation(nn.Module):
                 factors = sensitivity_factors_at(*pairs, start, batch, self._s_max, self._tau)
                 self.sensitivity.copy_(final)
             self._add_wins(gathered[:, : self.units].sum(0), sizes.sum(), self._positions(candidates))
+        return factors
+
+    def _update_local_state(
+        self, counts: Tensor, batch: int, positions: int, pairs: tuple[Tensor, Tensor] | None
+    ) -> Tensor | None:
+        """:meth:`_update_state` in a single process: the arithmetic of one rank of one, without gathering."""
+        factors = None
+        if pairs is not None:
+            factors = sensitivity_factors_at(*pairs, self.sensitivity, batch, self._s_max, self._tau)
+            last = last_selected(*pairs, self.units)
+            self.sensitivity.copy_(sensitivity_after(last, batch, self.sensitivity, self._s_max, self._tau))
+        self._add_wins(counts, batch, positions)
         return factors
 
     def _add_wins(self, counts: Tensor, total: int | Tensor, positions: int) -> None:
@@ -277,9 +290,12 @@ class SparseActivation(nn.Module):
         """Give the layer its own copy of the state it updates in place, if its memory is shared.
 
         Processes started from one model in shared memory (``torch.multiprocessing``, ``share_memory()``)
-        would otherwise write into each other's state.
+        would otherwise write into each other's state. Only CPU memory is checked: ``Tensor.is_shared`` is
+        True for every CUDA tensor, and a model reaches its GPU inside each process anyway.
         """
-        if self.duty_cycle.is_shared():
+        # untyped_storage().is_shared() rather than is_shared(): the same answer, without a Python detour
+        # that cost a few microseconds every training step.
+        if self.duty_cycle.is_cpu and self.duty_cycle.untyped_storage().is_shared():
             for name in ("duty_cycle", "sensitivity", "samples_seen", "selection_count"):
                 setattr(self, name, getattr(self, name).clone())
 

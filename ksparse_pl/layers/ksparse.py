@@ -120,10 +120,10 @@ class KSparse(SparseActivation):
             )
 
     def _candidates(self, x: Tensor) -> Tensor:
-        return x.reshape(-1, self.units)  # (..., n) -> (S, n)
+        return x if x.dim() == 2 else x.reshape(-1, self.units)  # (..., n) -> (S, n)
 
     def _restore(self, out: Tensor, x: Tensor) -> Tensor:
-        return out.view(x.shape)
+        return out if x.dim() == 2 else out.view(x.shape)
 
     def _positions(self, candidates: Tensor) -> int:
         return 1
