@@ -17,6 +17,7 @@ depending on what ran before (in a short run without the flag ReLU took 3.4 ms a
 0.5 ms with it). A second table times the selection alone: ``topk_indices`` (the compiled kernel on CPU
 float32) against ``torch.topk``, on normal scores and on ReLU'd ones (half of them tied at 0). Between
 them, a table of forward and backward timed apart at the first shape, for ReLU, ``k_sparse`` and ``KSparse``.
+The last table gives the fixed cost per call (Python, autograd, state bookkeeping): one row of 64 units.
 """
 
 from __future__ import annotations
@@ -145,6 +146,7 @@ def main() -> None:
             )
     phase_table(args.rounds, args.repeats)
     selection_table(args.rounds, args.repeats)
+    overhead_table(args.rounds, args.repeats)
 
 
 def phases_ms(module: nn.Module, x: torch.Tensor, grad: torch.Tensor, repeats: int) -> tuple[float, float]:
@@ -205,3 +207,26 @@ def selection_table(rounds: int, repeats: int) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def overhead_table(rounds: int, repeats: int) -> None:
+    """The fixed cost per call: forward + backward of one row of 64 units, where the arithmetic is negligible."""
+    x, grad = torch.randn(1, 64, requires_grad=True), torch.randn(1, 64)
+    layers = {name: m for name, m in cases(64, 1 / 16).items() if "baseline" not in name}
+    # 50 calls per timing: one call is tens of microseconds, near the clock's resolution on this VM.
+    times = interleaved_ms({name: step_times(step(m, x, grad), 50) for name, m in layers.items()}, rounds, repeats)
+    print()
+    print("| B | n | k | layer | fwd+bwd us per call | minus ReLU's, us |")
+    print("|---|---|---|---|---|---|")
+    relu = statistics.median(times["ReLU"]) * 1e3 / 50
+    for name in layers:
+        us = statistics.median(times[name]) * 1e3 / 50
+        print(f"| 1 | 64 | 4 | {name} | {us:.0f} | {us - relu:.0f} |")
+
+
+def step_times(run: Callable[[], None], calls: int) -> Callable[[], None]:
+    def repeated() -> None:
+        for _ in range(calls):
+            run()
+
+    return repeated

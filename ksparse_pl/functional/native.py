@@ -73,7 +73,7 @@ def _library() -> ctypes.CDLL | None:
             stacklevel=3,
         )
         return None
-    pointer, i64, flag = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    pointer, i64, flag, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
     lib.ksparse_select_rows.argtypes = [
         pointer,  # x
         pointer,  # boost
@@ -85,8 +85,8 @@ def _library() -> ctypes.CDLL | None:
         i64,  # rows
         i64,  # n
         i64,  # k
-        ctypes.c_float,  # z
-        ctypes.c_float,  # z_low
+        f32,  # z
+        f32,  # z_low
         ctypes.c_int,  # threads
     ]
     lib.ksparse_take_rows.argtypes = [pointer, pointer, pointer, ctypes.c_int, pointer, i64, i64, i64, ctypes.c_int]
@@ -95,6 +95,9 @@ def _library() -> ctypes.CDLL | None:
         getattr(lib, name).argtypes = [pointer, pointer, pointer, pointer, i64, i64, i64, i64, ctypes.c_int]
     # (samples, units, pairs, n, previous)
     lib.ksparse_previous_selection.argtypes = [pointer, pointer, i64, i64, pointer]
+    # (samples, units, previous, pairs, sensitivity, n, decay, batch, s_max, factors)
+    factors = lib.ksparse_sensitivity_factors
+    factors.argtypes = [pointer, pointer, pointer, i64, pointer, i64, pointer, i64, f32, pointer]
     # (duty_cycle, selection_count, samples_seen, counts, n, batch, positions, period)
     lib.ksparse_add_wins.argtypes = [pointer, pointer, pointer, pointer, i64, i64, i64, i64]
     lib.ksparse_add_wins.restype = None

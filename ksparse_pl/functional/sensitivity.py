@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from ksparse_pl.functional.native import native_serves
-from ksparse_pl.functional.native_history import previous_selection
+from ksparse_pl.functional.native_history import previous_selection, sensitivity_factors
 
 
 def idle_sensitivity(s0: Tensor, idle: Tensor, s_max: float, tau: float) -> Tensor:
@@ -24,8 +24,12 @@ def idle_sensitivity(s0: Tensor, idle: Tensor, s_max: float, tau: float) -> Tens
         >>> idle_sensitivity(torch.tensor(1.0), torch.tensor(3), s_max=10.0, tau=2.0)
         tensor(8.8750)
     """
-    decay = torch.pow(torch.tensor(1.0 - 1.0 / tau, dtype=torch.float32, device=idle.device), idle.float())
-    return s_max - (s_max - s0) * decay
+    return s_max - (s_max - s0) * _decay(idle, tau)
+
+
+def _decay(idle: Tensor, tau: float) -> Tensor:
+    """``(1 - 1/tau) ** idle`` in float32."""
+    return torch.pow(torch.tensor(1.0 - 1.0 / tau, dtype=torch.float32, device=idle.device), idle.float())
 
 
 def sensitivity_step(selected: Tensor, sensitivity: Tensor, s_max: float, tau: float) -> tuple[Tensor, Tensor]:
@@ -79,6 +83,10 @@ def sensitivity_factors_at(
 ) -> Tensor:
     """The factor of every ``(sample, unit)`` selection pair, in the order given (see :func:`sensitivity_step_at`)."""
     previous = _previous_selection(samples, units, sensitivity.shape[0], batch_size)
+    if native_serves(sensitivity, indices=samples) and native_serves(indices=units):
+        # One pass over the pairs; the powers come from torch, once per idle length.
+        decay = _decay(torch.arange(batch_size), tau)
+        return sensitivity_factors(samples, units, previous, sensitivity, decay, s_max)
     # index_select, not advanced indexing: several times faster on CPU for the B*k pairs.
     return _since_last(previous, samples, sensitivity.index_select(0, units), s_max, tau)
 

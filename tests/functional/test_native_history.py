@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from ksparse_pl.functional.native import native_enabled
-from ksparse_pl.functional.native_history import previous_selection
+from ksparse_pl.functional.native_history import previous_selection, sensitivity_factors
+from ksparse_pl.functional.sensitivity import idle_sensitivity
 
 pytestmark = pytest.mark.skipif(not native_enabled(), reason="no C compiler for the native kernels")
 
@@ -40,3 +41,34 @@ def test_pairs_must_be_two_vectors_of_one_length() -> None:
 def test_pairs_must_be_int64() -> None:
     with pytest.raises(ValueError, match=r"int64 CPU `units`, but got torch.int32"):
         previous_selection(torch.tensor([0, 1]), torch.tensor([0, 1], dtype=torch.int32), 5)
+
+
+def test_sensitivity_factors_by_hand() -> None:
+    samples, units = torch.tensor([0, 2, 2, 3]), torch.tensor([1, 0, 1, 1])
+    previous = previous_selection(samples, units, 2)
+    decay = 0.5 ** torch.arange(4.0)  # tau = 2
+    factors = sensitivity_factors(samples, units, previous, torch.tensor([4.0, 1.0]), decay, 10.0)
+    # unit 1 idle 0 from 1; unit 0 idle 2 from 4; unit 1 idle 1 from 1 (after sample 0); idle 0 from 1
+    assert factors.tolist() == [1.0, 8.5, 5.5, 1.0]
+
+
+def test_sensitivity_factors_match_the_closed_form_in_torch() -> None:
+    samples, units = (torch.rand(64, 40) < 0.2).nonzero(as_tuple=True)
+    sensitivity = 1 + 9 * torch.rand(40)
+    previous = previous_selection(samples, units, 40)
+    factors = sensitivity_factors(samples, units, previous, sensitivity, (1 - 1 / 7) ** torch.arange(64.0), 10.0)
+    seen = previous >= 0
+    idle = torch.where(seen, samples - previous - 1, samples)
+    s0 = torch.where(seen, 1.0, sensitivity[units])
+    torch.testing.assert_close(factors, idle_sensitivity(s0, idle, 10.0, 7.0))
+
+
+def test_sensitivity_factors_refuse_a_sample_beyond_the_decay_table() -> None:
+    samples, units = torch.tensor([0, 4]), torch.tensor([0, 1])
+    previous = previous_selection(samples, units, 2)
+    with pytest.raises(IndexError, match=r"outside \[0, 4\)"):
+        sensitivity_factors(samples, units, previous, torch.ones(2), torch.ones(4), 10.0)
+    with pytest.raises(IndexError, match="not before its own"):  # would read before the table
+        sensitivity_factors(samples, units, torch.tensor([-1, 6]), torch.ones(2), torch.ones(8), 10.0)
+    with pytest.raises(ValueError, match="float32 CPU `decay`"):
+        sensitivity_factors(samples, units, previous, torch.ones(2), torch.ones(5, dtype=torch.float64), 10.0)

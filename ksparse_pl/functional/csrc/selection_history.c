@@ -1,5 +1,6 @@
-/* When each unit was selected before: the sequential pass behind Cottonwood's sensitivity on CPU.  Built with
- * topk_rows.c by ksparse_pl/functional/native.py; wrapped by ksparse_pl/functional/native_history.py.
+/* When each unit was selected before, and the sensitivity factors that follow: Cottonwood's sensitivity on
+ * CPU.  Built with topk_rows.c by ksparse_pl/functional/native.py; wrapped by
+ * ksparse_pl/functional/native_history.py.
  *
  * A sensitivity factor depends on how long its unit sat idle, i.e. on the sample of the unit's previous
  * selection.  torch finds it by sorting the B*k (sample, unit) pairs by unit; pairs that come in sample
@@ -32,4 +33,24 @@ int ksparse_previous_selection(const int64_t *samples, const int64_t *units, int
     }
     free(last);
     return status;
+}
+
+/* Cottonwood's sensitivity factor of every pair, given its previous selection (previous[p], from the function
+ * above or from sorting): after an earlier selection in the batch the unit restarts from 1 and has been idle
+ * samples[p] - previous[p] - 1 samples, else it starts from sensitivity[units[p]] and has been idle
+ * samples[p] samples; factor = s_max - (s_max - s0) * decay[idle], decay[i] being (1 - 1/tau)^i for i in
+ * [0, batch).  The float32 operations of ksparse_pl.functional.idle_sensitivity one by one (no fused
+ * multiply-add), in one pass instead of about a dozen torch operations over the pairs.  Returns 0 on
+ * success, 1 if a sample lies outside [0, batch) or a unit outside [0, n). */
+__attribute__((optimize("fp-contract=off"))) int ksparse_sensitivity_factors(
+    const int64_t *samples, const int64_t *units, const int64_t *previous, int64_t pairs, const float *sensitivity,
+    int64_t n, const float *decay, int64_t batch, float s_max, float *factors) {
+    for (int64_t p = 0; p < pairs; p++) {
+        int64_t s = samples[p], u = units[p], before = previous[p];
+        if ((uint64_t)s >= (uint64_t)batch || (uint64_t)u >= (uint64_t)n || before >= s) return 1;
+        int64_t idle = before >= 0 ? s - before - 1 : s;
+        float s0 = before >= 0 ? 1.0f : sensitivity[u];
+        factors[p] = s_max - (s_max - s0) * decay[idle];
+    }
+    return 0;
 }
