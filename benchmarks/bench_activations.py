@@ -205,10 +205,6 @@ def selection_table(rounds: int, repeats: int) -> None:
             )
 
 
-if __name__ == "__main__":
-    main()
-
-
 def overhead_table(rounds: int, repeats: int) -> None:
     """The fixed cost per call: forward + backward of one row of 64 units, where the arithmetic is negligible."""
     x, grad = torch.randn(1, 64, requires_grad=True), torch.randn(1, 64)
@@ -230,3 +226,7 @@ def step_times(run: Callable[[], None], calls: int) -> Callable[[], None]:
             run()
 
     return repeated
+
+
+if __name__ == "__main__":
+    main()
