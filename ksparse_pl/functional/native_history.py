@@ -82,6 +82,6 @@ def sensitivity_factors(
     ):
         raise IndexError(
             f"sensitivity_factors: a sample outside [0, {batch}) (the length of `decay`), a unit outside "
-            f"[0, {n}), or a `previous` sample not before its own."
+            f"[0, {n}), or a `previous` sample not before its own (a (sample, unit) pair listed twice?)."
         )
     return factors
