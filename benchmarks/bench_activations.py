@@ -205,22 +205,26 @@ def selection_table(rounds: int, repeats: int) -> None:
             )
 
 
-def overhead_table(rounds: int, repeats: int) -> None:
-    """The fixed cost per call: forward + backward of one row of 64 units, where the arithmetic is negligible."""
-    x, grad = torch.randn(1, 64, requires_grad=True), torch.randn(1, 64)
-    layers = {name: m for name, m in cases(64, 1 / 16).items() if "baseline" not in name}
-    # 50 calls per timing: one call is tens of microseconds, near the clock's resolution on this VM.
-    times = interleaved_ms({name: step_times(step(m, x, grad), 50) for name, m in layers.items()}, rounds, repeats)
+def overhead_table(rounds: int, repeats: int, n: int = 64, p: float = 1 / 16, calls: int = 50) -> None:
+    """The fixed cost per call: forward + backward of one row of ``n`` units, where the arithmetic is negligible.
+
+    ``calls`` calls per timing: one call is tens of microseconds, near the clock's resolution on this VM.
+    """
+    x, grad = torch.randn(1, n, requires_grad=True), torch.randn(1, n)
+    layers = {name: m for name, m in cases(n, p).items() if "baseline" not in name}
+    times = interleaved_ms({name: step_times(step(m, x, grad), calls) for name, m in layers.items()}, rounds, repeats)
     print()
     print("| B | n | k | layer | fwd+bwd us per call | minus ReLU's, us |")
     print("|---|---|---|---|---|---|")
-    relu = statistics.median(times["ReLU"]) * 1e3 / 50
+    relu = statistics.median(times["ReLU"]) * 1e3 / calls
     for name in layers:
-        us = statistics.median(times[name]) * 1e3 / 50
-        print(f"| 1 | 64 | 4 | {name} | {us:.0f} | {us - relu:.0f} |")
+        us = statistics.median(times[name]) * 1e3 / calls
+        print(f"| 1 | {n} | {round(n * p)} | {name} | {us:.0f} | {us - relu:.0f} |")
 
 
 def step_times(run: Callable[[], None], calls: int) -> Callable[[], None]:
+    """``run`` called ``calls`` times in a row, as one function to time."""
+
     def repeated() -> None:
         for _ in range(calls):
             run()
