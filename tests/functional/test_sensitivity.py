@@ -57,5 +57,8 @@ def test_pair_order_does_not_change_the_factors() -> None:
     shuffle = torch.randperm(samples.numel())
     shuffled = sensitivity_factors_at(samples[shuffle], units[shuffle], s0, 40, 10.0, 5.0)
     torch.testing.assert_close(shuffled, in_order[shuffle])
+    # float64 state takes torch's arithmetic for the factors (as GPUs do), float32 the factor kernel
+    torch_arithmetic = sensitivity_factors_at(samples, units, s0.double(), 40, 10.0, 5.0)
+    torch.testing.assert_close(torch_arithmetic.float(), in_order)
     ref_factors, _ = step_one_sample_at_a_time(selected, s0, 10.0, 5.0)
     torch.testing.assert_close(in_order, ref_factors[selected])
