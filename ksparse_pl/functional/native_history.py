@@ -4,7 +4,8 @@
 Cottonwood's sensitivity needs, for every ``(sample, unit)`` selection, when that unit was selected before.
 torch answers by sorting the pairs by unit, the costliest step of a layer's sensitivity bookkeeping on CPU;
 pairs in sample order, as the layers produce them, need one pass instead. The factors then take a second
-pass, where torch runs about a dozen operations over the pairs.
+pass, where torch runs about a dozen operations over the pairs; :func:`factors_and_state` does a layer's
+whole step (factors and the state after the batch) in one pass over the pairs.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from torch import Tensor
 
 from ksparse_pl.functional.native import library
 
-_OUT_OF_RANGE, _NOT_IN_SAMPLE_ORDER, _NO_MEMORY = 1, 2, 3
+_OUT_OF_RANGE, _NOT_IN_SAMPLE_ORDER, _NO_MEMORY, _LISTED_TWICE = 1, 2, 3, 4
 
 
 def previous_selection(samples: Tensor, units: Tensor, n: int) -> Tensor | None:
@@ -25,11 +26,7 @@ def previous_selection(samples: Tensor, units: Tensor, n: int) -> Tensor | None:
             f"previous_selection: expected 1-D `samples` and `units` of one length, but got shapes "
             f"{tuple(samples.shape)} and {tuple(units.shape)}."
         )
-    for name, pairs in (("samples", samples), ("units", units)):
-        if pairs.dtype != torch.int64 or pairs.device.type != "cpu":
-            raise ValueError(
-                f"previous_selection: expected int64 CPU `{name}`, but got {pairs.dtype} on {pairs.device}."
-            )
+    _check_vectors("previous_selection", samples=samples, units=units)
     samples, units = samples.contiguous(), units.contiguous()
     previous = torch.empty_like(samples)
     status = library().ksparse_previous_selection(
@@ -53,13 +50,8 @@ def sensitivity_factors(
     ``(1 - 1/tau) ** i``; all CPU tensors.
     """
     pairs, n, batch = samples.shape[0], sensitivity.shape[0], decay.shape[0]
-    checked = (("samples", samples, torch.int64), ("units", units, torch.int64), ("previous", previous, torch.int64))
-    for name, tensor, dtype in (*checked, ("sensitivity", sensitivity, torch.float32), ("decay", decay, torch.float32)):
-        if tensor.dim() != 1 or tensor.dtype != dtype or not tensor.is_cpu:
-            raise ValueError(
-                f"sensitivity_factors: expected a 1-D {dtype} CPU `{name}`, but got {tuple(tensor.shape)} "
-                f"{tensor.dtype} on {tensor.device}."
-            )
+    _check_vectors("sensitivity_factors", samples=samples, units=units, previous=previous)
+    _check_vectors("sensitivity_factors", torch.float32, sensitivity=sensitivity, decay=decay)
     if units.shape[0] != pairs or previous.shape[0] != pairs:
         raise ValueError(
             f"sensitivity_factors: expected `samples`, `units` and `previous` of one length, but got "
@@ -85,3 +77,56 @@ def sensitivity_factors(
             f"[0, {n}), or a `previous` sample not before its own (a (sample, unit) pair listed twice?)."
         )
     return factors
+
+
+def factors_and_state(
+    samples: Tensor, units: Tensor, sensitivity: Tensor, decay: Tensor, s_max: float
+) -> tuple[Tensor, Tensor] | None:
+    """A batch's sensitivity step in one pass over its pairs: every pair's factor and the ``(n,)`` state after
+    the batch, as :func:`~ksparse_pl.functional.sensitivity_step_at` computes them; None when the pairs are
+    not in nondecreasing sample order.
+
+    ``samples``, ``units``: 1-D int64, one per pair; ``sensitivity``: ``(n,)`` float32, the state before the
+    batch; ``decay``: ``(batch + 1,)`` float32, ``(1 - 1/tau) ** i``; all CPU tensors.
+    """
+    pairs, n, batch = samples.shape[0], sensitivity.shape[0], decay.shape[0] - 1
+    _check_vectors("factors_and_state", samples=samples, units=units)
+    _check_vectors("factors_and_state", torch.float32, sensitivity=sensitivity, decay=decay)
+    if units.shape[0] != pairs:
+        raise ValueError(
+            f"factors_and_state: expected `samples` and `units` of one length, but got {pairs} and {units.shape[0]}."
+        )
+    samples, units = samples.contiguous(), units.contiguous()
+    sensitivity, decay = sensitivity.contiguous(), decay.contiguous()
+    factors, after = torch.empty(pairs, dtype=torch.float32), torch.empty_like(sensitivity)
+    status = library().ksparse_sensitivity_step(
+        samples.data_ptr(),
+        units.data_ptr(),
+        pairs,
+        sensitivity.data_ptr(),
+        n,
+        decay.data_ptr(),
+        batch,
+        s_max,
+        factors.data_ptr(),
+        after.data_ptr(),
+    )
+    if status == _OUT_OF_RANGE:
+        raise IndexError(
+            f"factors_and_state: a sample outside [0, {batch}) (one less than the length of `decay`) or a unit "
+            f"outside [0, {n})."
+        )
+    if status == _LISTED_TWICE:
+        raise IndexError("factors_and_state: a (sample, unit) pair is listed twice.")
+    if status == _NO_MEMORY:
+        raise MemoryError("ksparse_pl's selection-history kernel could not allocate its work array")
+    return None if status == _NOT_IN_SAMPLE_ORDER else (factors, after)
+
+
+def _check_vectors(caller: str, dtype: torch.dtype = torch.int64, **vectors: Tensor) -> None:
+    for name, tensor in vectors.items():
+        if tensor.dim() != 1 or tensor.dtype != dtype or not tensor.is_cpu:
+            raise ValueError(
+                f"{caller}: expected a 1-D {dtype} CPU `{name}`, but got {tuple(tensor.shape)} {tensor.dtype} "
+                f"on {tensor.device}."
+            )

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from ksparse_pl.functional.native import native_serves
-from ksparse_pl.functional.native_history import previous_selection, sensitivity_factors
+from ksparse_pl.functional.native_history import factors_and_state, previous_selection, sensitivity_factors
 
 
 def idle_sensitivity(s0: Tensor, idle: Tensor, s_max: float, tau: float) -> Tensor:
@@ -28,8 +28,14 @@ def idle_sensitivity(s0: Tensor, idle: Tensor, s_max: float, tau: float) -> Tens
 
 
 def _decay(idle: Tensor, tau: float) -> Tensor:
-    """``(1 - 1/tau) ** idle`` in float32."""
-    return torch.pow(torch.tensor(1.0 - 1.0 / tau, dtype=torch.float32, device=idle.device), idle.float())
+    """``(1 - 1/tau) ** idle`` in float32, rounded from float64.
+
+    float32 ``pow`` differs in the last bit between torch's vectorized loop and its scalar one, so the same
+    power came out differently by its place in a tensor; rounded from float64, a table of powers (the
+    kernels') and powers computed per unit (torch's path, other processes) give the same state.
+    """
+    wide = torch.float32 if idle.device.type == "mps" else torch.float64  # MPS has no float64
+    return torch.pow(torch.tensor(1.0 - 1.0 / tau, dtype=wide, device=idle.device), idle.to(wide)).float()
 
 
 def sensitivity_step(selected: Tensor, sensitivity: Tensor, s_max: float, tau: float) -> tuple[Tensor, Tensor]:
@@ -73,6 +79,11 @@ def sensitivity_step_at(
     Returns:
         ``(factors, new_sensitivity)``: one factor per pair, in the order given, and the ``(n,)`` state.
     """
+    if native_serves(sensitivity, indices=samples) and native_serves(indices=units):
+        # One pass over the pairs for the factors and the state, instead of about twenty torch operations.
+        stepped = factors_and_state(samples, units, sensitivity, _decay(torch.arange(batch_size + 1), tau), s_max)
+        if stepped is not None:  # None: the pairs are not in sample order
+            return stepped
     factors = sensitivity_factors_at(samples, units, sensitivity, batch_size, s_max, tau)
     last = last_selected(samples, units, sensitivity.shape[0])
     return factors, sensitivity_after(last, batch_size, sensitivity, s_max, tau)

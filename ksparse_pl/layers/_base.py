@@ -15,8 +15,8 @@ from ksparse_pl.functional import (
     select_and_keep,
     selection_scores,
     sensitivity_across,
-    sensitivity_after,
     sensitivity_factors_at,
+    sensitivity_step_at,
     threshold_mask,
     update_duty_cycle,
     winner_counts,
@@ -259,9 +259,8 @@ class SparseActivation(nn.Module):
         """:meth:`_update_state` in a single process: the arithmetic of one rank of one, without gathering."""
         factors = None
         if pairs is not None:
-            factors = sensitivity_factors_at(*pairs, self.sensitivity, batch, self._s_max, self._tau)
-            last = last_selected(*pairs, self.units)
-            self.sensitivity.copy_(sensitivity_after(last, batch, self.sensitivity, self._s_max, self._tau))
+            factors, after = sensitivity_step_at(*pairs, self.sensitivity, batch, self._s_max, self._tau)
+            self.sensitivity.copy_(after)
         self._add_wins(counts, batch, positions)
         return factors
 

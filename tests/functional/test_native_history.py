@@ -1,9 +1,10 @@
 import pytest
 import torch
 
+from ksparse_pl.functional import last_selected, sensitivity_after
 from ksparse_pl.functional.native import native_enabled
-from ksparse_pl.functional.native_history import previous_selection, sensitivity_factors
-from ksparse_pl.functional.sensitivity import idle_sensitivity
+from ksparse_pl.functional.native_history import factors_and_state, previous_selection, sensitivity_factors
+from ksparse_pl.functional.sensitivity import _decay, _previous_selection, _since_last, idle_sensitivity
 
 pytestmark = pytest.mark.skipif(not native_enabled(), reason="no C compiler for the native kernels")
 
@@ -39,7 +40,7 @@ def test_pairs_must_be_two_vectors_of_one_length() -> None:
 
 
 def test_pairs_must_be_int64() -> None:
-    with pytest.raises(ValueError, match=r"int64 CPU `units`, but got torch.int32"):
+    with pytest.raises(ValueError, match=r"int64 CPU `units`, but got \(2,\) torch.int32"):
         previous_selection(torch.tensor([0, 1]), torch.tensor([0, 1], dtype=torch.int32), 5)
 
 
@@ -72,3 +73,42 @@ def test_sensitivity_factors_refuse_a_sample_beyond_the_decay_table() -> None:
         sensitivity_factors(samples, units, torch.tensor([-1, 6]), torch.ones(2), torch.ones(8), 10.0)
     with pytest.raises(ValueError, match="float32 CPU `decay`"):
         sensitivity_factors(samples, units, previous, torch.ones(2), torch.ones(5, dtype=torch.float64), 10.0)
+
+
+def test_factors_and_state_by_hand() -> None:
+    samples, units = torch.tensor([0, 2, 2, 3]), torch.tensor([1, 0, 1, 1])
+    decay = 0.5 ** torch.arange(5.0)  # tau = 2, a batch of 4
+    factors, after = factors_and_state(samples, units, torch.tensor([4.0, 1.0, 2.0]), decay, 10.0)
+    assert factors.tolist() == [1.0, 8.5, 5.5, 1.0]  # as in test_sensitivity_factors_by_hand
+    # unit 0 idle 1 since sample 2; unit 1 selected last; unit 2 idle all 4 samples from 2
+    assert after.tolist() == [5.5, 1.0, 9.5]
+
+
+def test_factors_and_state_equal_torch_arithmetic_bit_for_bit() -> None:
+    # torch's path of sensitivity_step_at: the sort by unit, the closed form over the pairs, sensitivity_after
+    samples, units = (torch.rand(64, 40) < 0.2).nonzero(as_tuple=True)
+    sensitivity, s_max, tau = 1 + 9 * torch.rand(40), 10.0, 7.0
+    factors, after = factors_and_state(samples, units, sensitivity, _decay(torch.arange(65), tau), s_max)
+    shuffle = torch.randperm(samples.numel())  # out of sample order: torch's sort answers
+    previous = _previous_selection(samples[shuffle], units[shuffle], 40, 64)
+    expected = _since_last(previous, samples[shuffle], sensitivity[units[shuffle]], s_max, tau)
+    assert torch.equal(factors[shuffle], expected)
+    assert torch.equal(after, sensitivity_after(last_selected(samples, units, 40), 64, sensitivity, s_max, tau))
+
+
+def test_factors_and_state_leave_pairs_out_of_sample_order_to_the_caller() -> None:
+    assert factors_and_state(torch.tensor([1, 0]), torch.tensor([0, 1]), torch.ones(2), torch.ones(3), 10.0) is None
+
+
+def test_factors_and_state_refuse_bad_pairs() -> None:
+    ones = torch.ones(2)
+    with pytest.raises(IndexError, match="listed twice"):
+        factors_and_state(torch.tensor([0, 1, 1]), torch.tensor([0, 1, 1]), ones, torch.ones(3), 10.0)
+    with pytest.raises(IndexError, match=r"a sample outside \[0, 2\)"):
+        factors_and_state(torch.tensor([0, 2]), torch.tensor([0, 1]), ones, torch.ones(3), 10.0)
+    with pytest.raises(IndexError, match=r"a unit\s+outside \[0, 2\)"):
+        factors_and_state(torch.tensor([0, 1]), torch.tensor([0, 2]), ones, torch.ones(3), 10.0)
+    with pytest.raises(ValueError, match=r"of one length, but got 2 and 1"):
+        factors_and_state(torch.tensor([0, 1]), torch.tensor([0]), ones, torch.ones(3), 10.0)
+    with pytest.raises(ValueError, match="float32 CPU `sensitivity`"):
+        factors_and_state(torch.tensor([0, 1]), torch.tensor([0, 1]), ones.double(), torch.ones(3), 10.0)

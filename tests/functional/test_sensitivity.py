@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from ksparse_pl.functional import idle_sensitivity, sensitivity_factors_at, sensitivity_step
+from ksparse_pl.functional import idle_sensitivity, sensitivity_factors_at, sensitivity_step, sensitivity_step_at
 
 
 @pytest.mark.parametrize("idle", [0, 1, 3, 7])
@@ -62,3 +62,18 @@ def test_pair_order_does_not_change_the_factors() -> None:
     torch.testing.assert_close(torch_arithmetic.float(), in_order)
     ref_factors, _ = step_one_sample_at_a_time(selected, s0, 10.0, 5.0)
     torch.testing.assert_close(in_order, ref_factors[selected])
+
+
+def test_step_at_gives_one_answer_for_any_pair_order() -> None:
+    # Pairs in sample order take the one-pass kernel on CPU (factors and state), shuffled ones torch's arithmetic.
+    selected = torch.rand(40, 30) < 0.2
+    samples, units = selected.nonzero(as_tuple=True)
+    s0 = 1 + 9 * torch.rand(30)
+    factors, after = sensitivity_step_at(samples, units, s0, 40, 10.0, 5.0)
+    shuffle = torch.randperm(samples.numel())
+    shuffled, shuffled_after = sensitivity_step_at(samples[shuffle], units[shuffle], s0, 40, 10.0, 5.0)
+    assert torch.equal(shuffled, factors[shuffle])
+    assert torch.equal(shuffled_after, after)
+    ref_factors, ref_after = step_one_sample_at_a_time(selected, s0, 10.0, 5.0)
+    torch.testing.assert_close(factors, ref_factors[selected])
+    torch.testing.assert_close(after, ref_after)
