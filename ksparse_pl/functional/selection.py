@@ -6,6 +6,7 @@ the output is built from the undetached input, so the gradient flows only throug
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -15,6 +16,9 @@ from ksparse_pl.functional._autograd import first_order_only
 from ksparse_pl.functional._checks import check_float_input, check_k
 from ksparse_pl.functional.boosting import winner_counts
 from ksparse_pl.functional.native_topk import native_applies, select_rows, take_rows
+
+#: ``grad_scale_of(indices, counts)`` of :func:`select_and_keep`: per-winner gradient factors, or None.
+GradScaleOf = Callable[[Tensor, Tensor | None], Tensor | None]
 
 
 def selection_scores(x: Tensor, *, by_magnitude: bool = False, boost_factors: Tensor | None = None) -> Tensor:
@@ -138,10 +142,18 @@ class _SelectRows(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: Any, x: Tensor, k: int, boost: Tensor | None, by_magnitude: bool, relu: bool, counts: bool
+        ctx: Any,
+        x: Tensor,
+        k: int,
+        boost: Tensor | None,
+        by_magnitude: bool,
+        relu: bool,
+        counts: bool,
+        grad_scale_of: GradScaleOf | None,
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         selection = select_rows(x, k, boost=boost, by_magnitude=by_magnitude, output=True, relu=relu, counts=counts)
-        ctx.save_for_backward(selection.indices, _winner_factors(x, selection.indices, relu, None))
+        grad_scale = _grad_scale(grad_scale_of, selection.indices, selection.counts)
+        ctx.save_for_backward(selection.indices, _winner_factors(x, selection.indices, relu, grad_scale))
         ctx.mark_non_differentiable(selection.indices)
         # Only the output is differentiable, so its gradient is always given; without this autograd would
         # also fill a (B, k) int64 tensor of zeros as the indices' "gradient" before every backward.
@@ -150,9 +162,23 @@ class _SelectRows(torch.autograd.Function):
 
     @staticmethod
     @first_order_only
-    def backward(ctx: Any, grad: Tensor, *_: Any) -> tuple[Tensor, None, None, None, None, None]:
+    def backward(ctx: Any, grad: Tensor, *_: Any) -> tuple[Tensor, None, None, None, None, None, None]:
         indices, factors = ctx.saved_tensors
-        return take_rows(grad, indices, factors), None, None, None, None, None
+        return take_rows(grad, indices, factors), None, None, None, None, None, None
+
+
+def _grad_scale(grad_scale_of: GradScaleOf | None, indices: Tensor, counts: Tensor | None) -> Tensor | None:
+    """What ``grad_scale_of`` gives for these winners, checked to hold one factor per winner."""
+    if grad_scale_of is None:
+        return None
+    scale = grad_scale_of(indices, counts)
+    if scale is not None and (not isinstance(scale, Tensor) or scale.shape != indices.shape):
+        got = f"shape {tuple(scale.shape)}" if isinstance(scale, Tensor) else type(scale).__name__
+        raise ValueError(
+            f"select_and_keep: `grad_scale_of` must return None or one factor per winner, shaped like the indices "
+            f"{tuple(indices.shape)}, but returned {got}."
+        )
+    return scale
 
 
 def _winner_factors(x: Tensor, indices: Tensor, relu: bool, grad_scale: Tensor | None) -> Tensor | None:
@@ -172,12 +198,13 @@ def select_and_keep(
     boost_factors: Tensor | None = None,
     relu: bool = False,
     counts: bool = False,
+    grad_scale_of: GradScaleOf | None = None,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Top-k selection and its sparse output in one step: what a k-sparse layer does without sensitivity.
+    """Top-k selection and its sparse output in one step: what a k-sparse layer does.
 
-    Equals ``keep_winners(x, topk_indices(selection_scores(x, ...), k, dim), dim=dim, relu=relu)``; on CPU
-    float32 along the last dim one kernel pass per row does it all (no scores tensor, no second read of
-    ``x``).
+    Equals ``keep_winners(x, indices, dim=dim, relu=relu, grad_scale=grad_scale_of(indices, counts))`` with
+    ``indices = topk_indices(selection_scores(x, ...), k, dim)``; on CPU float32 along the last dim one kernel
+    pass per row does the selection, the output and the counts (no scores tensor, no second read of ``x``).
 
     Args:
         x: activations.
@@ -187,6 +214,9 @@ def select_and_keep(
         boost_factors: per-unit factors of the scores, broadcasting against ``x``.
         relu: zero negative winners.
         counts: also return how many slices each index along ``dim`` won in.
+        grad_scale_of: called once, without autograd, with the winners (``indices`` and the counts, None unless
+            ``counts``) before the output is returned; it returns None or per-winner gradient factors shaped like
+            ``indices`` (a layer updates its state there, and with sensitivity returns its winners' factors).
 
     Returns:
         ``(output, indices, counts)``: the sparse output, the winners along ``dim``, and the ``(x.shape[dim],)``
@@ -196,10 +226,13 @@ def select_and_keep(
     n = x.shape[dim]
     check_k(k, n)
     if native_applies(x, dim) and (boost_factors is None or boost_factors.shape == (n,)):
-        return _SelectRows.apply(x, k, boost_factors, by_magnitude, relu, counts)
+        return _SelectRows.apply(x, k, boost_factors, by_magnitude, relu, counts, grad_scale_of)
     indices = winner_indices(x, k, dim=dim, by_magnitude=by_magnitude, boost_factors=boost_factors)
-    out = keep_winners(x, indices, dim=dim, relu=relu)
-    return out, indices, winner_counts(indices, n) if counts else None
+    wins = winner_counts(indices, n) if counts else None
+    with torch.no_grad():  # as inside the kernel path's autograd Function
+        grad_scale = _grad_scale(grad_scale_of, indices, wins)
+    out = keep_winners(x, indices, dim=dim, relu=relu, grad_scale=grad_scale)
+    return out, indices, wins
 
 
 def keep_masked(x: Tensor, mask: Tensor, *, relu: bool = False, grad_scale: Tensor | None = None) -> Tensor:

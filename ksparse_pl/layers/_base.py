@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -10,7 +11,6 @@ from torch import Tensor, nn
 from ksparse_pl.functional import (
     boost_factors,
     keep_masked,
-    keep_winners,
     last_selected,
     select_and_keep,
     selection_scores,
@@ -159,12 +159,10 @@ class SparseActivation(nn.Module):
         if self.threshold_mode:
             mask = threshold_mask(self._scores(candidates), self._active_k, dim=self._dim)
             out = self._forward_mask(candidates, mask)
-        elif self.training and self.use_sensitivity:
-            indices, grad_scale = self._select(candidates)
-            out = keep_winners(candidates, indices, dim=self._dim, relu=self.relu, grad_scale=grad_scale)
         else:
-            # Without per-winner gradient factors, selection and output are one step (one kernel pass on CPU).
-            out, _, counts = select_and_keep(
+            # Selection, state update and output in one step (one kernel pass over the input on CPU): the
+            # update sees the winners before the output is built, and gives their gradient factors.
+            out, _, _ = select_and_keep(
                 candidates,
                 self._active_k,
                 dim=self._dim,
@@ -172,9 +170,8 @@ class SparseActivation(nn.Module):
                 boost_factors=self._boost(),
                 relu=self.relu,
                 counts=self.training,
+                grad_scale_of=functools.partial(self._record, candidates) if self.training else None,
             )
-            if counts is not None:
-                self._update_state(self._unit_counts(counts), candidates, None)
         return self._restore(out, x)
 
     @property
@@ -200,11 +197,20 @@ class SparseActivation(nn.Module):
         )
         if not self.training:
             return indices, None
+        return indices, self._record(candidates, indices, winner_counts(indices, candidates.shape[self._dim]))
+
+    def _record(self, candidates: Tensor, indices: Tensor, counts: Tensor | None) -> Tensor | None:
+        """Update the state with a training batch's winners (``counts``: wins per candidate index along the
+        unit dim); returns the winners' gradient factors, shaped like ``indices``, with sensitivity (else None)."""
+        assert counts is not None  # the callers ask for the counts in training
+        if not self.use_sensitivity:
+            self._update_state(self._unit_counts(counts), candidates, None)
+            return None
         unit_ids = self._unit_ids(indices)
-        pairs = self._pairs_from_ids(unit_ids) if self.use_sensitivity else None
-        factors = self._update_state(winner_counts(unit_ids, self.units), candidates, pairs)
-        grad_scale = None if factors is None or pairs is None else self._scale_from_ids(factors, pairs, unit_ids)
-        return indices, grad_scale
+        pairs = self._pairs_from_ids(unit_ids)
+        factors = self._update_state(self._unit_counts(counts), candidates, pairs)
+        assert factors is not None  # given pairs, the update returns their factors
+        return self._scale_from_ids(factors, pairs, unit_ids)
 
     def _forward_mask(self, candidates: Tensor, mask: Tensor) -> Tensor:
         if not self.training:

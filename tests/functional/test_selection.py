@@ -4,6 +4,7 @@ import torch
 from ksparse_pl.functional import (
     k_sparse,
     keep_masked,
+    select_and_keep,
     selection_scores,
     threshold_mask,
     topk_indices,
@@ -98,3 +99,35 @@ def test_winner_indices_are_the_top_k_of_the_selection_scores(
     expected = topk_indices(scores, 9).sort(-1).values
     got = winner_indices(x, 9, by_magnitude=by_magnitude, boost_factors=boost)
     assert torch.equal(got.sort(-1).values, expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("relu", [False, True], ids=["signed", "relu"])
+def test_grad_scale_of_sees_the_winners_and_scales_their_gradients(dtype: torch.dtype, relu: bool) -> None:
+    # float32 on CPU asks for the factors inside the kernel path's autograd Function, float64 takes torch's ops
+    x = torch.randn(6, 40, dtype=dtype, requires_grad=True)
+    calls = []
+
+    def scale_of(indices: torch.Tensor, counts: torch.Tensor | None) -> torch.Tensor:
+        calls.append((indices.clone(), counts, torch.is_grad_enabled()))
+        return 1.0 + indices.to(dtype) / 10  # a different factor for each winning unit
+
+    out, indices, counts = select_and_keep(x, 5, relu=relu, counts=True, grad_scale_of=scale_of)
+    assert len(calls) == 1
+    seen_indices, seen_counts, grad_enabled = calls[0]
+    assert torch.equal(seen_indices, indices) and seen_counts is counts and not grad_enabled
+    assert torch.equal(out, k_sparse(x, 5, relu=relu))  # the forward is unchanged
+    grad_out = torch.randn(6, 40, dtype=dtype)
+    (grad,) = torch.autograd.grad(out, x, grad_out)
+    winners = x.detach().gather(1, indices)
+    through = grad_out.gather(1, indices) * (1.0 + indices.to(dtype) / 10) * ((winners > 0) if relu else 1)
+    torch.testing.assert_close(grad, torch.zeros_like(grad).scatter(1, indices, through), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_grad_scale_of_must_give_one_factor_per_winner(dtype: torch.dtype) -> None:
+    x = torch.randn(2, 8, dtype=dtype)
+    with pytest.raises(ValueError, match=r"`grad_scale_of` must .* indices \(2, 3\), but returned shape \(3,\)"):
+        select_and_keep(x, 3, grad_scale_of=lambda indices, counts: torch.ones(3))
+    with pytest.raises(ValueError, match="but returned float"):
+        select_and_keep(x, 3, grad_scale_of=lambda indices, counts: 2.0)  # type: ignore[arg-type,return-value]
