@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.autograd.graph import increment_version
 
 from ksparse_pl.functional.native import library
 
@@ -57,3 +58,5 @@ def add_wins_(
         positions,
         period,
     )
+    # As torch's in-place operations do, so that autograd refuses a backward through a state read before.
+    increment_version((duty_cycle, selection_count, samples_seen))

@@ -54,3 +54,13 @@ def test_a_strided_vector_is_refused() -> None:
             1,
             9,
         )
+
+
+def test_a_state_saved_for_backward_and_then_updated_is_caught_by_autograd() -> None:
+    duty, count, seen = torch.zeros(2), torch.zeros(2, dtype=torch.int64), torch.tensor(0)
+    weight = torch.ones(2, requires_grad=True)
+    loss = (weight * duty).sum()  # saves duty for the backward
+    add_wins_(duty, count, seen, torch.tensor([3, 1]), 4, 1, 1000)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+    assert count._version > 0 and seen._version > 0
