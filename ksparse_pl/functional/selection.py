@@ -239,7 +239,8 @@ def keep_masked(x: Tensor, mask: Tensor, *, relu: bool = False, grad_scale: Tens
     """:func:`keep_winners` for a boolean mask (threshold mode); ``grad_scale`` broadcasts against ``x``."""
     if grad_scale is not None:
         x = scale_grad(x, grad_scale)
-    out = x * mask
+    # where, not x * mask: an infinite activation the mask leaves out gives 0, not NaN (its gradient too).
+    out = torch.where(mask, x, 0.0)
     return out.relu() if relu else out
 
 

@@ -343,6 +343,7 @@ class SparseActivation(nn.Module):
         raise NotImplementedError
 
     def _hits_from_mask(self, mask: Tensor) -> Tensor:
+        """``(S, units)``: how many of each unit's candidates the mask keeps, per sample (bool or integer)."""
         raise NotImplementedError
 
     def extra_repr(self) -> str:

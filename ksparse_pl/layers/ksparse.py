@@ -149,7 +149,7 @@ class KSparse(SparseActivation):
         return per_sample_unit
 
     def _hits_from_mask(self, mask: Tensor) -> Tensor:
-        return mask.float()
+        return mask  # one candidate per unit: the mask is the hits (bool sums to int64)
 
     def extra_repr(self) -> str:
         return f"n={self.units}, " + super().extra_repr()

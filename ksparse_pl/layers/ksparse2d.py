@@ -138,7 +138,7 @@ class KSparse2d(SparseActivation):
         return per_sample_unit.repeat_interleave(self._area, dim=1)  # (B, C) -> (B, C*H*W)
 
     def _hits_from_mask(self, mask: Tensor) -> Tensor:
-        return mask.reshape(mask.shape[0], self.units, -1).sum(-1).float()  # (B, C, H*W) -> (B, C)
+        return mask.reshape(mask.shape[0], self.units, -1).sum(-1)  # (B, C, H*W) -> (B, C)
 
     def extra_repr(self) -> str:
         shape = f", spatial_shape={self.spatial_shape}" if self.spatial_shape is not None else ""

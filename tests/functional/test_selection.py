@@ -47,6 +47,15 @@ def test_threshold_mode_keeps_ties() -> None:
     assert threshold_mask(x, 2).tolist() == [[True, True, True, True, False]]
 
 
+def test_keep_masked_zeroes_what_the_mask_leaves_out_even_infinite() -> None:
+    x = torch.tensor([[3.0, -float("inf"), 2.0, float("inf")]], requires_grad=True)
+    mask = torch.tensor([[True, False, False, True]])
+    out = keep_masked(x, mask)
+    assert out.tolist() == [[3.0, 0.0, 0.0, float("inf")]]  # x * mask would give NaN for the -inf
+    out.backward(torch.full_like(out, float("inf")))
+    assert x.grad.tolist() == [[float("inf"), 0.0, 0.0, float("inf")]]
+
+
 def test_by_magnitude_keeps_signs() -> None:
     x = torch.tensor([[0.5, -3.0, 2.0, 1.0]])
     assert k_sparse(x, 2, by_magnitude=True).tolist() == [[0.0, -3.0, 2.0, 0.0]]
