@@ -90,6 +90,12 @@ def _library() -> ctypes.CDLL | None:
         ctypes.c_int,  # threads
     ]
     lib.ksparse_take_rows.argtypes = [pointer, pointer, pointer, ctypes.c_int, pointer, i64, i64, i64, ctypes.c_int]
+    # (x, boost, by_magnitude, dst, bits, relu, counts, rows, n, k, z, z_low, threads)
+    keep = lib.ksparse_keep_at_least_rows
+    keep.argtypes = [pointer, pointer, flag, pointer, pointer, flag, pointer, i64, i64, i64, f32, f32, ctypes.c_int]
+    # (src, bits, dst, rows, n, threads)
+    lib.ksparse_take_bits_rows.argtypes = [pointer, pointer, pointer, i64, i64, ctypes.c_int]
+    lib.ksparse_take_bits_rows.restype = None
     # (matrix or source, indices, coefficients or source, out, batch, k, m, d, threads)
     for name in ("ksparse_gather_rows", "ksparse_dot_rows", "ksparse_scatter_rows"):
         getattr(lib, name).argtypes = [pointer, pointer, pointer, pointer, i64, i64, i64, i64, ctypes.c_int]

@@ -83,6 +83,69 @@ def select_rows(
     return RowSelection(indices, out, wins)
 
 
+def keep_at_least_rows(
+    x: Tensor,
+    k: int,
+    *,
+    boost: Tensor | None = None,
+    by_magnitude: bool = False,
+    relu: bool = False,
+    counts: bool = False,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Threshold mode of every row (last dim) of ``x``: ``x`` (ReLU'd with ``relu``) where the score is at least
+    the row's k-th largest score (ties and NaN kept), 0 elsewhere; scores as in :func:`select_rows`.
+
+    Returns ``(output, bits, counts)``: ``bits`` (``(rows, ceil(n / 8))`` uint8, bit ``i % 8`` of byte
+    ``i // 8``) marks where the gradient passes (kept, and with ``relu`` not ``x <= 0``, as torch's ReLU lets a
+    NaN's gradient through), for :func:`take_bits_rows`;
+    ``counts`` (``(n,)`` int64, None unless asked): in how many rows each column was kept.
+    """
+    n = x.shape[-1]
+    if boost is not None and (boost.shape != (n,) or boost.device.type != "cpu"):
+        raise ValueError(
+            f"keep_at_least_rows: expected a CPU `boost` of shape ({n},), but got {tuple(boost.shape)} on "
+            f"{boost.device}."
+        )
+    rows = _as_rows(x)
+    factors = None if boost is None else boost.to(torch.float32).contiguous()
+    out = torch.empty_like(rows)
+    bits = torch.empty(rows.shape[0], (n + 7) // 8, dtype=torch.uint8)
+    kept = torch.zeros(n, dtype=torch.int64) if counts else None
+    if rows.shape[0] and library().ksparse_keep_at_least_rows(
+        rows.data_ptr(),
+        None if factors is None else factors.data_ptr(),
+        int(by_magnitude),
+        out.data_ptr(),
+        bits.data_ptr(),
+        int(relu),
+        None if kept is None else kept.data_ptr(),
+        rows.shape[0],
+        n,
+        k,
+        *_normal_quantiles(k, n),
+        torch.get_num_threads(),
+    ):
+        raise MemoryError("ksparse_pl's top-k kernel could not allocate its row buffers")
+    return (out if x.dim() == 2 else out.view(x.shape)), bits, kept
+
+
+def take_bits_rows(src: Tensor, bits: Tensor) -> Tensor:
+    """A tensor like ``src``: ``src`` where the bit of :func:`keep_at_least_rows`' ``bits`` is set, 0 elsewhere."""
+    n = src.shape[-1]
+    rows = _as_rows(src)
+    if bits.dtype != torch.uint8 or bits.shape != (rows.shape[0], (n + 7) // 8) or not bits.is_contiguous():
+        raise ValueError(
+            f"take_bits_rows: expected contiguous uint8 `bits` of shape {(rows.shape[0], (n + 7) // 8)}, but got "
+            f"{bits.dtype} {tuple(bits.shape)}."
+        )
+    out = torch.empty_like(rows)
+    if rows.shape[0]:
+        library().ksparse_take_bits_rows(
+            rows.data_ptr(), bits.data_ptr(), out.data_ptr(), rows.shape[0], n, torch.get_num_threads()
+        )
+    return out if src.dim() == 2 else out.view(src.shape)
+
+
 def _as_rows(t: Tensor) -> Tensor:
     """``t`` as a contiguous matrix of its last-dim rows, the kernels' layout (``t`` itself if it is one)."""
     # Skipping reshape() and contiguous() for the usual (B, n) input matters: each call costs about a

@@ -15,7 +15,13 @@ from torch import Tensor
 from ksparse_pl.functional._autograd import first_order_only
 from ksparse_pl.functional._checks import check_float_input, check_k
 from ksparse_pl.functional.boosting import winner_counts
-from ksparse_pl.functional.native_topk import native_applies, select_rows, take_rows
+from ksparse_pl.functional.native_topk import (
+    keep_at_least_rows,
+    native_applies,
+    select_rows,
+    take_bits_rows,
+    take_rows,
+)
 
 #: ``grad_scale_of(indices, counts)`` of :func:`select_and_keep`: per-winner gradient factors, or None.
 GradScaleOf = Callable[[Tensor, Tensor | None], Tensor | None]
@@ -185,7 +191,8 @@ def _winner_factors(x: Tensor, indices: Tensor, relu: bool, grad_scale: Tensor |
     """Per-winner gradient factors: ``grad_scale``, and 0 where ReLU zeroed a winner; None if all are 1."""
     if not relu:
         return grad_scale
-    positive = (x.gather(-1, indices) > 0).float()
+    # not <= 0 rather than > 0: as torch's ReLU, a NaN winner passes its gradient
+    positive = x.gather(-1, indices).le(0).logical_not().float()
     return positive if grad_scale is None else grad_scale * positive
 
 
@@ -242,6 +249,61 @@ def keep_masked(x: Tensor, mask: Tensor, *, relu: bool = False, grad_scale: Tens
     # where, not x * mask: an infinite activation the mask leaves out gives 0, not NaN (its gradient too).
     out = torch.where(mask, x, 0.0)
     return out.relu() if relu else out
+
+
+def threshold_keep(
+    x: Tensor,
+    k: int,
+    *,
+    dim: int = -1,
+    by_magnitude: bool = False,
+    boost_factors: Tensor | None = None,
+    relu: bool = False,
+    counts: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """Threshold mode: keep every entry whose score is at least the k-th largest along ``dim`` (ties kept, so
+    possibly more than ``k``; NaN scores kept), zero the rest.
+
+    Equals ``keep_masked(x, threshold_mask(selection_scores(x, ...), k, dim), relu=relu)``; on CPU float32
+    along the last dim one kernel pass per row selects and writes the output, and the backward keeps one bit
+    per entry instead of a bool mask.
+
+    Returns:
+        ``(output, counts)``: ``counts`` (None unless asked), how many slices kept each index along ``dim``.
+
+    Example:
+        >>> import torch
+        >>> threshold_keep(torch.tensor([[3.0, 2.0, 2.0, 1.0]]), 2)[0]
+        tensor([[3., 2., 2., 0.]])
+    """
+    check_float_input(x)
+    n = x.shape[dim]
+    check_k(k, n)
+    if native_applies(x, dim) and (boost_factors is None or boost_factors.shape == (n,)):
+        out, kept = _KeepAtLeastRows.apply(x, k, boost_factors, by_magnitude, relu, counts)
+        return out, kept
+    mask = threshold_mask(selection_scores(x, by_magnitude=by_magnitude, boost_factors=boost_factors), k, dim=dim)
+    kept = mask.movedim(dim, -1).reshape(-1, n).sum(0) if counts else None
+    return keep_masked(x, mask, relu=relu), kept
+
+
+class _KeepAtLeastRows(torch.autograd.Function):
+    """:func:`threshold_keep` by the native kernel; the backward keeps one bit per entry."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, x: Tensor, k: int, boost: Tensor | None, by_magnitude: bool, relu: bool, counts: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        out, bits, kept = keep_at_least_rows(x, k, boost=boost, by_magnitude=by_magnitude, relu=relu, counts=counts)
+        ctx.save_for_backward(bits)
+        ctx.set_materialize_grads(False)
+        return out, kept
+
+    @staticmethod
+    @first_order_only
+    def backward(ctx: Any, grad: Tensor, *_: Any) -> tuple[Tensor, None, None, None, None, None]:
+        (bits,) = ctx.saved_tensors
+        return take_bits_rows(grad, bits), None, None, None, None, None
 
 
 def k_sparse(x: Tensor, k: int, *, dim: int = -1, by_magnitude: bool = False, relu: bool = False) -> Tensor:

@@ -17,6 +17,7 @@ from ksparse_pl.functional import (
     sensitivity_across,
     sensitivity_factors_at,
     sensitivity_step_at,
+    threshold_keep,
     threshold_mask,
     update_duty_cycle,
     winner_counts,
@@ -156,9 +157,20 @@ class SparseActivation(nn.Module):
         check_float_input(x)
         self._check_shape(x)
         candidates = self._candidates(x)
-        if self.threshold_mode:
-            mask = threshold_mask(self._scores(candidates), self._active_k, dim=self._dim)
-            out = self._forward_mask(candidates, mask)
+        if self.threshold_mode and self.training and self.use_sensitivity:
+            out = self._forward_mask_with_sensitivity(candidates)
+        elif self.threshold_mode:
+            out, counts = threshold_keep(
+                candidates,
+                self._active_k,
+                dim=self._dim,
+                by_magnitude=self.by_magnitude,
+                boost_factors=self._boost(),
+                relu=self.relu,
+                counts=self.training,
+            )
+            if counts is not None:
+                self._update_state(self._unit_counts(counts), candidates, None)
         else:
             # Selection, state update and output in one step (one kernel pass over the input on CPU): the
             # update sees the winners before the output is built, and gives their gradient factors.
@@ -212,15 +224,14 @@ class SparseActivation(nn.Module):
         assert factors is not None  # given pairs, the update returns their factors
         return self._scale_from_ids(factors, pairs, unit_ids)
 
-    def _forward_mask(self, candidates: Tensor, mask: Tensor) -> Tensor:
-        if not self.training:
-            return keep_masked(candidates, mask, relu=self.relu)
+    def _forward_mask_with_sensitivity(self, candidates: Tensor) -> Tensor:
+        """Threshold mode in training with sensitivity: the factors need every kept (sample, unit) pair."""
+        mask = threshold_mask(self._scores(candidates), self._k, dim=self._dim)
         hits = self._hits_from_mask(mask)  # (S, units)
-        pairs = _pairs_of(hits > 0) if self.use_sensitivity else None
+        pairs = _pairs_of(hits > 0)
         factors = self._update_state(hits.sum(0).long(), candidates, pairs)
-        grad_scale = None
-        if factors is not None and pairs is not None:
-            grad_scale = self._per_sample_per_candidate(_dense(factors, pairs, hits.shape))
+        assert factors is not None  # given pairs, the update returns their factors
+        grad_scale = self._per_sample_per_candidate(_dense(factors, pairs, hits.shape))
         return keep_masked(candidates, mask, relu=self.relu, grad_scale=grad_scale)
 
     # --- state updates (training only) -------------------------------------------------------------

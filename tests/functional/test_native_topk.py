@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from ksparse_pl.functional import k_sparse, keep_winners, topk_indices
+from ksparse_pl.functional import k_sparse, keep_masked, keep_winners, threshold_keep, threshold_mask, topk_indices
 from ksparse_pl.functional.native import native_enabled
 from ksparse_pl.functional.native_topk import select_rows, take_rows
 from ksparse_pl.functional.selection import select_and_keep
@@ -215,3 +215,58 @@ def test_bad_indices_raise_instead_of_writing_out_of_bounds() -> None:
 def test_k_out_of_range_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="k"):
         topk_indices(torch.randn(2, 5), 6)
+
+
+def rows_with_ties_and_odd_values(n: int) -> torch.Tensor:
+    x = torch.randn(12, n)
+    x[1] = torch.randint(-2, 3, (n,)).float()  # ties everywhere, the k-th included
+    x[2, ::3] = 0.0  # many tied zeros
+    x[3, n // 2] = float("nan")  # a NaN winner: everything is kept, as torch's amin gives NaN
+    x[4, :] = float("nan")
+    x[5, 1] = -float("inf")
+    x[6, 2] = float("inf")
+    x[7] = 1.0  # one value
+    return x
+
+
+@pytest.mark.parametrize("n", [5, 300, 1024], ids=lambda n: f"n={n}")  # below 8, a partial byte, whole bytes
+@pytest.mark.parametrize("relu", [False, True], ids=["signed", "relu"])
+@pytest.mark.parametrize("scoring", ["value", "magnitude", "boosted"])
+def test_threshold_keep_matches_the_mask_composition(n: int, relu: bool, scoring: str) -> None:
+    torch.manual_seed(n)
+    x = rows_with_ties_and_odd_values(n).requires_grad_()
+    k = max(1, n // 10)
+    boost = torch.rand(n) + 0.5 if scoring == "boosted" else None
+    by_magnitude = scoring == "magnitude"
+    out, counts = threshold_keep(x, k, by_magnitude=by_magnitude, boost_factors=boost, relu=relu, counts=True)
+    grad_out = torch.randn(12, n)
+    (grad,) = torch.autograd.grad(out, x, grad_out)
+
+    scores = x.detach().abs() if by_magnitude else x.detach()
+    mask = threshold_mask(scores * boost if boost is not None else scores, k)
+    expected = keep_masked(x, mask, relu=relu)
+    (expected_grad,) = torch.autograd.grad(expected, x, grad_out)
+    assert torch.equal(out.isnan(), expected.isnan())
+    assert torch.equal(out.nan_to_num(), expected.nan_to_num())
+    assert torch.equal(grad, expected_grad)
+    assert torch.equal(counts, mask.sum(0))
+    assert mask[3].all() and (boost is not None or mask[1].sum() > k)  # the rows test what they should
+
+    # float64 takes torch's operations: the same output and counts
+    out64, counts64 = threshold_keep(
+        x.double(),
+        k,
+        by_magnitude=by_magnitude,
+        boost_factors=None if boost is None else boost.double(),
+        relu=relu,
+        counts=True,
+    )
+    assert torch.equal(out64.float().nan_to_num(), out.nan_to_num()) and torch.equal(counts64, counts)
+
+
+def test_a_nan_winner_passes_its_gradient_through_relu_as_in_torch() -> None:
+    x = torch.tensor([[float("nan"), 1.0, -2.0, 0.5]], requires_grad=True)
+    k_sparse(x, 2, relu=True).backward(torch.ones(1, 4))
+    x64 = x.detach().double().requires_grad_()  # torch's operations
+    k_sparse(x64, 2, relu=True).backward(torch.ones(1, 4, dtype=torch.float64))
+    assert x.grad.tolist() == x64.grad.tolist() == [[1.0, 1.0, 0.0, 0.0]]

@@ -116,6 +116,26 @@ static void write_above_portable(const float *s, const float *x, float t, int re
     }
 }
 
+/* Threshold mode's output of a row: x (ReLU'd if relu) where the score is not below kth (a NaN score, or a NaN
+ * kth, is kept), 0 elsewhere; bit i of bits (one byte per 8 scores) set where the gradient passes (kept, and
+ * with relu not x <= 0: as torch's ReLU, a NaN passes it); hits[i] incremented where kept. */
+static void keep_at_least_portable(const float *s, const float *x, float kth, int relu, int64_t n, float *dst,
+                                   uint8_t *bits, int32_t *hits) {
+    for (int64_t i = 0; i < n; i++) {
+        int kept = !(s[i] < kth);
+        float v = relu && x[i] < 0.0f ? 0.0f : x[i];
+        dst[i] = kept ? v : 0.0f;
+        if (i % 8 == 0) bits[i / 8] = 0;
+        bits[i / 8] |= (uint8_t)((kept && (!relu || !(x[i] <= 0.0f))) << (i % 8));
+        hits[i] += kept;
+    }
+}
+
+/* dst = src where bit i of bits is set, 0 elsewhere. */
+static void take_bits_portable(const float *src, const uint8_t *bits, int64_t n, float *dst) {
+    for (int64_t i = 0; i < n; i++) dst[i] = (bits[i / 8] >> (i % 8)) & 1 ? src[i] : 0.0f;
+}
+
 /* ---------------------------------------------------------------- AVX2 kernels (chosen at run time) */
 #ifdef KSPARSE_X86
 __attribute__((target("avx2"))) static float hmin(__m256 v) {
@@ -268,6 +288,36 @@ __attribute__((target("avx2"))) static void write_above_avx2(const float *s, con
     }
     write_above_portable(s + body, x + body, t, relu, n - body, dst + body);
 }
+
+/* keep_at_least_portable, 8 scores at a time (the tail starts at a multiple of 8, so at a whole byte). */
+__attribute__((target("avx2"))) static void keep_at_least_avx2(const float *s, const float *x, float kth, int relu,
+                                                               int64_t n, float *dst, uint8_t *bits, int32_t *hits) {
+    int64_t body = n - n % 8;
+    __m256 tv = _mm256_set1_ps(kth), zero = _mm256_setzero_ps();
+    for (int64_t i = 0; i < body; i += 8) {
+        __m256 v = _mm256_loadu_ps(x + i);
+        __m256 kept = _mm256_cmp_ps(_mm256_loadu_ps(s + i), tv, _CMP_NLT_UQ);
+        __m256 passes = relu ? _mm256_and_ps(kept, _mm256_cmp_ps(v, zero, _CMP_NLE_UQ)) : kept;
+        if (relu) v = _mm256_max_ps(zero, v);
+        _mm256_storeu_ps(dst + i, _mm256_and_ps(kept, v));
+        bits[i / 8] = (uint8_t)_mm256_movemask_ps(passes);
+        __m256i h = _mm256_loadu_si256((const __m256i *)(hits + i)); /* a kept lane is -1 */
+        _mm256_storeu_si256((__m256i *)(hits + i), _mm256_sub_epi32(h, _mm256_castps_si256(kept)));
+    }
+    keep_at_least_portable(s + body, x + body, kth, relu, n - body, dst + body, bits + body / 8, hits + body);
+}
+
+__attribute__((target("avx2"))) static void take_bits_avx2(const float *src, const uint8_t *bits, int64_t n,
+                                                           float *dst) {
+    int64_t body = n - n % 8;
+    __m256i lane_bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    for (int64_t i = 0; i < body; i += 8) {
+        __m256i set = _mm256_and_si256(_mm256_set1_epi32(bits[i / 8]), lane_bit);
+        __m256 mask = _mm256_castsi256_ps(_mm256_cmpeq_epi32(set, lane_bit));
+        _mm256_storeu_ps(dst + i, _mm256_and_ps(mask, _mm256_loadu_ps(src + i)));
+    }
+    take_bits_portable(src + body, bits + body / 8, n - body, dst + body);
+}
 #endif
 
 static row_stats (*stats)(const float *, int64_t) = stats_portable;
@@ -276,6 +326,9 @@ static int64_t (*collect_at_least)(const float *, const int32_t *, int64_t, floa
 static int64_t (*keys_below)(const float *, int64_t, float, uint32_t *) = keys_below_portable;
 static void (*row_scores)(const float *, const float *, int, int64_t, float *) = scores_portable;
 static void (*write_above)(const float *, const float *, float, int, int64_t, float *) = write_above_portable;
+static void (*keep_at_least)(const float *, const float *, float, int, int64_t, float *, uint8_t *,
+                             int32_t *) = keep_at_least_portable;
+static void (*take_bits)(const float *, const uint8_t *, int64_t, float *) = take_bits_portable;
 
 /* Picks the kernels for this CPU; returns 1 when the AVX2 ones are in use. */
 int ksparse_init(void) {
@@ -289,6 +342,8 @@ int ksparse_init(void) {
         keys_below = keys_below_avx2;
         row_scores = scores_avx2;
         write_above = write_above_avx2;
+        keep_at_least = keep_at_least_avx2;
+        take_bits = take_bits_avx2;
         return 1;
     }
 #endif
@@ -490,10 +545,11 @@ typedef struct {
     const float *x;     /* (rows, n) activations */
     const float *boost; /* (n,) factors the scores are multiplied by, or NULL */
     int by_magnitude;   /* rank by |x| */
-    int64_t *indices;   /* (rows, k) out: the winners, ascending */
+    int64_t *indices;   /* (rows, k) out: the winners, ascending; NULL in threshold mode */
     float *dst;         /* (rows, n) out, or NULL: x at the winners (ReLU'd if relu), 0 elsewhere */
     int relu;
     int64_t *counts;    /* (n,) out, or NULL: how many rows each column won in */
+    uint8_t *bits;      /* threshold mode: (rows, (n + 7) / 8) out, see keep_at_least_portable; else NULL */
     int64_t n, k;
     normal_guess guess;
 } select_job;
@@ -525,13 +581,26 @@ static int write_row(const float *src, const int64_t *idx, const float *factors,
     return 1;
 }
 
+/* The k-th largest score of a row: the smallest of its winners' (NaN if one of them is NaN, as torch's amin). */
+static float kth_score(const float *s, const int64_t *idx, int64_t k) {
+    float m = INFINITY;
+    for (int64_t j = 0; j < k; j++) {
+        float v = s[idx[j]];
+        if (v != v) return v;
+        m = v < m ? v : m;
+    }
+    return m;
+}
+
 static void *select_slice(void *arg) {
     const slice *sl = arg;
     const select_job *job = sl->job;
-    int64_t n = job->n, k = job->k;
+    int64_t n = job->n, k = job->k, bytes = (n + 7) / 8;
     int scored = job->boost || job->by_magnitude;
-    /* the work space: n + 8 for the whole vectors the AVX2 kernels store; scores, counts: n */
-    char *work = malloc((n + 8) * 5 * sizeof(float) + n * (sizeof(float) + sizeof(int64_t)));
+    /* the work space: n + 8 for the whole vectors the AVX2 kernels store; scores, counts: n; threshold mode
+     * also keeps a row's winners (k) and counts in int32 lanes (n) */
+    char *work = malloc((n + 8) * 5 * sizeof(float) + n * (sizeof(float) + sizeof(int64_t)) +
+                        (job->bits ? k * sizeof(int64_t) + n * sizeof(int32_t) : 0));
     if (!work) return (void *)1;
     work_space w;
     w.cand = (int32_t *)work;
@@ -541,15 +610,22 @@ static void *select_slice(void *arg) {
     w.keys = (uint32_t *)(w.band_values + n + 8);
     float *scores = (float *)(w.keys + n + 8);
     int64_t *counts = (int64_t *)(scores + n);
+    int64_t *own_idx = counts + n;
+    int32_t *hits = (int32_t *)(own_idx + k);
     if (job->counts) memset(counts, 0, n * sizeof(int64_t));
+    if (job->bits) memset(hits, 0, n * sizeof(int32_t));
     for (int64_t row = sl->begin; row < sl->end; row++) {
         const float *x = job->x + row * n, *s = x;
-        int64_t *idx = job->indices + row * k;
+        int64_t *idx = job->bits ? own_idx : job->indices + row * k;
         if (scored) {
             row_scores(x, job->boost, job->by_magnitude, n, scores);
             s = scores;
         }
         float threshold = select_row(s, n, k, &job->guess, idx, &w);
+        if (job->bits) {
+            keep_at_least(s, x, kth_score(s, idx, k), job->relu, n, job->dst + row * n, job->bits + row * bytes, hits);
+            continue;
+        }
         if (job->dst && !isnan(threshold))
             write_above(s, x, threshold, job->relu, n, job->dst + row * n);
         else if (job->dst)
@@ -557,6 +633,8 @@ static void *select_slice(void *arg) {
         if (job->counts)
             for (int64_t j = 0; j < k; j++) counts[idx[j]]++;
     }
+    if (job->counts && job->bits)
+        for (int64_t i = 0; i < n; i++) counts[i] = hits[i];
     if (job->counts) {
 #ifdef _OPENMP
 #pragma omp critical(ksparse_counts)
@@ -606,8 +684,44 @@ static int run_rows(void *(*fn)(void *), const void *job, int64_t rows, int64_t 
 int ksparse_select_rows(const float *x, const float *boost, int by_magnitude, int64_t *indices, float *dst, int relu,
                         int64_t *counts, int64_t rows, int64_t n, int64_t k, float z, float z_low, int threads) {
     normal_guess guess = {z, z_low, exp(-0.5 * (double)z * z) * 0.3989422804014327};
-    select_job job = {x, boost, by_magnitude, indices, dst, relu, counts, n, k, guess};
+    select_job job = {x, boost, by_magnitude, indices, dst, relu, counts, NULL, n, k, guess};
     return run_rows(select_slice, &job, rows, n, threads);
+}
+
+/* Threshold mode: per row of x (rows, n), dst = x (ReLU'd if relu) where the score (as in ksparse_select_rows)
+ * is not below the row's k-th largest, ties and NaN included, 0 elsewhere; bits (rows, (n + 7) / 8): bit i
+ * of a row set where its gradient passes (see keep_at_least_portable); if counts (zeroed by the caller), how
+ * many rows kept each column.  Returns nonzero if a thread could not allocate its buffers. */
+int ksparse_keep_at_least_rows(const float *x, const float *boost, int by_magnitude, float *dst, uint8_t *bits,
+                               int relu, int64_t *counts, int64_t rows, int64_t n, int64_t k, float z, float z_low,
+                               int threads) {
+    normal_guess guess = {z, z_low, exp(-0.5 * (double)z * z) * 0.3989422804014327};
+    select_job job = {x, boost, by_magnitude, NULL, dst, relu, counts, bits, n, k, guess};
+    return run_rows(select_slice, &job, rows, n, threads);
+}
+
+typedef struct {
+    const float *src;
+    const uint8_t *bits;
+    float *dst;
+    int64_t n;
+} bits_job;
+
+static void *take_bits_slice(void *arg) {
+    const slice *sl = arg;
+    const bits_job *job = sl->job;
+    int64_t bytes = (job->n + 7) / 8;
+    for (int64_t row = sl->begin; row < sl->end; row++)
+        take_bits(job->src + row * job->n, job->bits + row * bytes, job->n, job->dst + row * job->n);
+    return NULL;
+}
+
+/* dst[r, i] = src[r, i] where bit i of row r of bits (rows, (n + 7) / 8) is set, 0 elsewhere: threshold
+ * mode's backward. */
+void ksparse_take_bits_rows(const float *src, const uint8_t *bits, float *dst, int64_t rows, int64_t n,
+                            int threads) {
+    bits_job job = {src, bits, dst, n};
+    run_rows(take_bits_slice, &job, rows, n, threads);
 }
 
 /* dst[r, :] = 0 but dst[r, indices[r, j]] = src[r, indices[r, j]] (ReLU'd if relu) * factors[r, j].
