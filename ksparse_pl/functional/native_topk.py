@@ -53,12 +53,8 @@ def select_rows(
     """
     lib = library()
     n = x.shape[-1]
-    if boost is not None and (boost.shape != (n,) or boost.device.type != "cpu"):
-        raise ValueError(
-            f"select_rows: expected a CPU `boost` of shape ({n},), but got {tuple(boost.shape)} on {boost.device}."
-        )
+    factors = _boost_factors(boost, n, "select_rows")
     rows = _as_rows(x)
-    factors = None if boost is None else boost.to(torch.float32).contiguous()
     indices = torch.empty(rows.shape[0], k, dtype=torch.int64)
     out = torch.empty_like(rows) if output else None
     wins = torch.zeros(n, dtype=torch.int64) if counts else None
@@ -101,13 +97,8 @@ def keep_at_least_rows(
     ``counts`` (``(n,)`` int64, None unless asked): in how many rows each column was kept.
     """
     n = x.shape[-1]
-    if boost is not None and (boost.shape != (n,) or boost.device.type != "cpu"):
-        raise ValueError(
-            f"keep_at_least_rows: expected a CPU `boost` of shape ({n},), but got {tuple(boost.shape)} on "
-            f"{boost.device}."
-        )
+    factors = _boost_factors(boost, n, "keep_at_least_rows")
     rows = _as_rows(x)
-    factors = None if boost is None else boost.to(torch.float32).contiguous()
     out = torch.empty_like(rows)
     bits = torch.empty(rows.shape[0], (n + 7) // 8, dtype=torch.uint8)
     kept = torch.zeros(n, dtype=torch.int64) if counts else None
@@ -144,6 +135,17 @@ def take_bits_rows(src: Tensor, bits: Tensor) -> Tensor:
             rows.data_ptr(), bits.data_ptr(), out.data_ptr(), rows.shape[0], n, torch.get_num_threads()
         )
     return out if src.dim() == 2 else out.view(src.shape)
+
+
+def _boost_factors(boost: Tensor | None, n: int, caller: str) -> Tensor | None:
+    """``boost`` as the kernels read it (contiguous float32), checked to be a CPU ``(n,)`` tensor."""
+    if boost is None:
+        return None
+    if boost.shape != (n,) or boost.device.type != "cpu":
+        raise ValueError(
+            f"{caller}: expected a CPU `boost` of shape ({n},), but got {tuple(boost.shape)} on {boost.device}."
+        )
+    return boost.to(torch.float32).contiguous()
 
 
 def _as_rows(t: Tensor) -> Tensor:

@@ -262,7 +262,8 @@ def threshold_keep(
     counts: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
     """Threshold mode: keep every entry whose score is at least the k-th largest along ``dim`` (ties kept, so
-    possibly more than ``k``; NaN scores kept), zero the rest.
+    possibly more than ``k``), zero the rest. NaN scores are kept, and a NaN among the ``k`` largest keeps the
+    whole slice, as with :func:`threshold_mask`.
 
     Equals ``keep_masked(x, threshold_mask(selection_scores(x, ...), k, dim), relu=relu)``; on CPU float32
     along the last dim one kernel pass per row selects and writes the output, and the backward keeps one bit

@@ -10,7 +10,7 @@ import torch
 
 from ksparse_pl.functional import k_sparse, keep_masked, keep_winners, threshold_keep, threshold_mask, topk_indices
 from ksparse_pl.functional.native import native_enabled
-from ksparse_pl.functional.native_topk import select_rows, take_rows
+from ksparse_pl.functional.native_topk import keep_at_least_rows, select_rows, take_bits_rows, take_rows
 from ksparse_pl.functional.selection import select_and_keep
 
 pytestmark = pytest.mark.skipif(not native_enabled(), reason="no C compiler to build the kernel")
@@ -82,6 +82,13 @@ def test_scores_output_and_counts_in_one_pass(rows: str, by_magnitude: bool, boo
 def test_boost_of_the_wrong_shape_is_refused() -> None:
     with pytest.raises(ValueError, match=r"boost.*\(5,\)"):
         select_rows(torch.randn(2, 5), 2, boost=torch.ones(4))
+    with pytest.raises(ValueError, match=r"keep_at_least_rows: expected a CPU `boost` of shape \(5,\)"):
+        keep_at_least_rows(torch.randn(2, 5), 2, boost=torch.ones(4))
+
+
+def test_gradient_bits_of_the_wrong_shape_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"uint8 `bits` of shape \(2, 1\), but got torch.uint8 \(2, 2\)"):
+        take_bits_rows(torch.randn(2, 5), torch.zeros(2, 2, dtype=torch.uint8))
 
 
 @pytest.mark.parametrize("relu", [False, True])
