@@ -15,6 +15,7 @@ from torch import Tensor
 from ksparse_pl.functional._autograd import first_order_only
 from ksparse_pl.functional._checks import check_float_input, check_k
 from ksparse_pl.functional.boosting import winner_counts
+from ksparse_pl.functional.native import native_serves
 from ksparse_pl.functional.native_topk import (
     keep_at_least_rows,
     native_applies,
@@ -187,6 +188,22 @@ def _grad_scale(grad_scale_of: GradScaleOf | None, indices: Tensor, counts: Tens
     return scale
 
 
+def _native_elsewhere(x: Tensor, dim: int) -> bool:
+    """Whether the kernels serve ``x`` along ``dim`` once that dim is moved last (a float32 CPU tensor, another
+    dim than the last)."""
+    return x.dim() > 1 and dim % x.dim() != x.dim() - 1 and native_serves(x)
+
+
+def _per_index(factors: Tensor | None, x: Tensor, dim: int) -> Tensor | None:
+    """``factors`` as an ``(n,)`` vector, one per index along ``dim``, if they broadcast against ``x`` that way
+    (``(C, 1, 1)`` for the channels of ``(B, C, H, W)``); else None."""
+    n = x.shape[dim]
+    position = dim % x.dim() - x.dim()  # counted from the right, as broadcasting aligns shapes
+    if factors is None or factors.numel() != n or factors.dim() < -position or factors.shape[position] != n:
+        return None
+    return factors.reshape(n)
+
+
 def _winner_factors(x: Tensor, indices: Tensor, relu: bool, grad_scale: Tensor | None) -> Tensor | None:
     """Per-winner gradient factors: ``grad_scale``, and 0 where ReLU zeroed a winner; None if all are 1."""
     if not relu:
@@ -210,8 +227,10 @@ def select_and_keep(
     """Top-k selection and its sparse output in one step: what a k-sparse layer does.
 
     Equals ``keep_winners(x, indices, dim=dim, relu=relu, grad_scale=grad_scale_of(indices, counts))`` with
-    ``indices = topk_indices(selection_scores(x, ...), k, dim)``; on CPU float32 along the last dim one kernel
-    pass per row does the selection, the output and the counts (no scores tensor, no second read of ``x``).
+    ``indices = topk_indices(selection_scores(x, ...), k, dim)``; on CPU float32 one kernel pass per row does
+    the selection, the output and the counts (no scores tensor, no second read of ``x``). Along another dim
+    than the last (the channels of ``(B, C, H, W)``) that dim is first moved last, which costs one copy, and
+    the output and indices come back as views of that layout (the output is then channels-last).
 
     Args:
         x: activations.
@@ -234,6 +253,24 @@ def select_and_keep(
     check_k(k, n)
     if native_applies(x, dim) and (boost_factors is None or boost_factors.shape == (n,)):
         return _SelectRows.apply(x, k, boost_factors, by_magnitude, relu, counts, grad_scale_of)
+    boost = _per_index(boost_factors, x, dim)
+    if _native_elsewhere(x, dim) and (boost_factors is None or boost is not None):
+        # The kernel reads rows: the units' dim moved last (one copy), the results moved back as views.
+        def moved_scale_of(indices: Tensor, wins: Tensor | None) -> Tensor | None:
+            assert grad_scale_of is not None
+            scale = _grad_scale(grad_scale_of, indices.movedim(-1, dim), wins)
+            return None if scale is None else scale.movedim(dim, -1)
+
+        out, indices, wins = select_and_keep(
+            x.movedim(dim, -1),
+            k,
+            by_magnitude=by_magnitude,
+            boost_factors=boost,
+            relu=relu,
+            counts=counts,
+            grad_scale_of=None if grad_scale_of is None else moved_scale_of,
+        )
+        return out.movedim(-1, dim), indices.movedim(-1, dim), wins
     indices = winner_indices(x, k, dim=dim, by_magnitude=by_magnitude, boost_factors=boost_factors)
     wins = winner_counts(indices, n) if counts else None
     with torch.no_grad():  # as inside the kernel path's autograd Function
@@ -265,9 +302,9 @@ def threshold_keep(
     possibly more than ``k``), zero the rest. NaN scores are kept, and a NaN among the ``k`` largest keeps the
     whole slice, as with :func:`threshold_mask`.
 
-    Equals ``keep_masked(x, threshold_mask(selection_scores(x, ...), k, dim), relu=relu)``; on CPU float32
-    along the last dim one kernel pass per row selects and writes the output, and the backward keeps one bit
-    per entry instead of a bool mask.
+    Equals ``keep_masked(x, threshold_mask(selection_scores(x, ...), k, dim), relu=relu)``; on CPU float32 one
+    kernel pass per row selects and writes the output (along another dim than the last after moving it last,
+    as :func:`select_and_keep`), and the backward keeps one bit per entry instead of a bool mask.
 
     Returns:
         ``(output, counts)``: ``counts`` (None unless asked), how many slices kept each index along ``dim``.
@@ -283,6 +320,12 @@ def threshold_keep(
     if native_applies(x, dim) and (boost_factors is None or boost_factors.shape == (n,)):
         out, kept = _KeepAtLeastRows.apply(x, k, boost_factors, by_magnitude, relu, counts)
         return out, kept
+    boost = _per_index(boost_factors, x, dim)
+    if _native_elsewhere(x, dim) and (boost_factors is None or boost is not None):
+        out, kept = threshold_keep(
+            x.movedim(dim, -1), k, by_magnitude=by_magnitude, boost_factors=boost, relu=relu, counts=counts
+        )
+        return out.movedim(-1, dim), kept
     mask = threshold_mask(selection_scores(x, by_magnitude=by_magnitude, boost_factors=boost_factors), k, dim=dim)
     kept = mask.movedim(dim, -1).reshape(-1, n).sum(0) if counts else None
     return keep_masked(x, mask, relu=relu), kept

@@ -25,6 +25,10 @@ class KSparse2d(SparseActivation):
     gradient at all its winning positions is multiplied by its factor. Boosting targets ``k / C``
     (channel mode) or ``k / (C*H*W)`` (global mode).
 
+    On CPU float32, channel mode selects with the compiled kernel on a channels-last copy of the input and
+    returns its output in that layout (``torch.channels_last``; convolutions take it as it is, ``view`` needs
+    ``reshape`` instead).
+
     Args:
         channels: number of channels ``C``.
         k: winners per position (channel mode) or per sample (global mode).
