@@ -3,6 +3,7 @@
     python benchmarks/bench_activations.py                      # the three default shapes
     python benchmarks/bench_activations.py --keep-freed-memory  # as the ksparse-pl command runs
     python benchmarks/bench_activations.py --rounds 30 --threads 2
+    python benchmarks/bench_activations.py --keep-freed-memory --tables conv  # only the feature-map table
 
 Each case is forward + backward on a fixed input. The cases take turns: ``--rounds`` rounds, each timing
 every case as the median of ``--repeats`` runs; a case's ratio to ReLU is the median over the rounds of
@@ -17,7 +18,9 @@ depending on what ran before (in a short run without the flag ReLU took 3.4 ms a
 0.5 ms with it). A second table times the selection alone: ``topk_indices`` (the compiled kernel on CPU
 float32) against ``torch.topk``, on normal scores and on ReLU'd ones (half of them tied at 0). Between
 them, a table of forward and backward timed apart at the first shape, for ReLU, ``k_sparse`` and ``KSparse``.
-The last table gives the fixed cost per call (Python, autograd, state bookkeeping): one row of 64 units.
+The next gives the fixed cost per call (Python, autograd, state bookkeeping): one row of 64 units. The last
+times ``KSparse2d`` / ``KWinners2d`` on (B, C, H, W) feature maps, with ``torch.topk`` over the channels then a
+scatter as the baseline.
 """
 
 from __future__ import annotations
@@ -32,11 +35,13 @@ import torch
 from _timing import interleaved_ms, median_ratio
 from torch import nn
 
-from ksparse_pl import KSparse, KWinners
+from ksparse_pl import KSparse, KSparse2d, KWinners, KWinners2d
 from ksparse_pl.allocator import keep_freed_memory
 from ksparse_pl.functional import k_sparse, topk_indices
 
 SHAPES = [(256, 4096, 0.05), (256, 1024, 0.10), (1024, 512, 0.25)]
+# A conv layer's feature maps: MNIST-sized 32 channels after a 5x5 conv, and 64 channels further in.
+CONV_SHAPES = [((64, 32, 24, 24), 4), ((64, 64, 8, 8), 8)]
 
 
 def saved_bytes(module: nn.Module, x: torch.Tensor) -> int:
@@ -116,6 +121,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--keep-freed-memory", action="store_true", help="as the ksparse-pl command runs")
+    parser.add_argument("--tables", nargs="+", choices=list(TABLES), default=list(TABLES), help="which tables")
     args = parser.parse_args()
     if args.keep_freed_memory:
         keep_freed_memory()
@@ -125,6 +131,13 @@ def main() -> None:
         f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {args.threads} threads, "
         f"freed memory {'kept' if args.keep_freed_memory else 'returned (glibc defaults)'}"
     )
+    for name in args.tables:
+        TABLES[name](args.rounds, args.repeats)
+
+
+def layer_table(rounds: int, repeats: int) -> None:
+    """Every layer and baseline against ReLU at each shape, alone and behind a Linear layer."""
+    print()
     print("| B | n | active | layer | fwd+bwd ms | x ReLU | in Linear block, x ReLU | saved for backward |")
     print("|---|---|---|---|---|---|---|---|")
     for batch, n, p in SHAPES:
@@ -132,10 +145,10 @@ def main() -> None:
         grad = torch.randn(batch, n)
         linear = nn.Linear(n, n)
         layers = cases(n, p)
-        alone = interleaved_ms({name: step(m, x, grad) for name, m in layers.items()}, args.rounds, args.repeats)
+        alone = interleaved_ms({name: step(m, x, grad) for name, m in layers.items()}, rounds, repeats)
         # A Linear(4096, 4096) step takes ~0.15 s here: fewer repeats per round for the block.
         blocks = {name: step(nn.Sequential(linear, m), x, grad) for name, m in layers.items()}
-        block = interleaved_ms(blocks, args.rounds, max(args.repeats // 10, 2))
+        block = interleaved_ms(blocks, rounds, max(repeats // 10, 2))
         relu_saved = saved_bytes(layers["ReLU"], x)
         for name, m in layers.items():
             kb = saved_bytes(m, x) / 1024
@@ -144,9 +157,6 @@ def main() -> None:
                 f"{median_ratio(alone, name, 'ReLU'):.2f} | {median_ratio(block, name, 'ReLU'):.2f} | "
                 f"{kb:.0f} KiB (ReLU {relu_saved / 1024:.0f}) |"
             )
-    phase_table(args.rounds, args.repeats)
-    selection_table(args.rounds, args.repeats)
-    overhead_table(args.rounds, args.repeats)
 
 
 def phases_ms(module: nn.Module, x: torch.Tensor, grad: torch.Tensor, repeats: int) -> tuple[float, float]:
@@ -231,6 +241,52 @@ def step_times(run: Callable[[], None], calls: int) -> Callable[[], None]:
 
     return repeated
 
+
+class TopkChannelsThenScatter(nn.Module):
+    """The plain baseline on feature maps: ``torch.topk`` over the channels at every position, then a scatter."""
+
+    def __init__(self, k: int) -> None:
+        super().__init__()
+        self.k = k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        indices = x.detach().topk(self.k, dim=1, sorted=False).indices
+        return torch.zeros_like(x).scatter(1, indices, x.gather(1, indices))
+
+
+def conv_table(rounds: int, repeats: int) -> None:
+    """``KSparse2d`` / ``KWinners2d`` on (B, C, H, W) feature maps against ReLU: channel mode (the top k channels
+    at every position) and global mode (10% of C*H*W)."""
+    print()
+    print("| B, C, H, W | k | layer | fwd+bwd ms | x ReLU |")
+    print("|---|---|---|---|---|")
+    for shape, k in CONV_SHAPES:
+        x, grad = torch.randn(*shape, requires_grad=True), torch.randn(*shape)
+        channels, spatial = shape[1], shape[2:]
+        layers = {
+            "ReLU": nn.ReLU(),
+            "baseline: torch.topk over channels + scatter": TopkChannelsThenScatter(k),
+            "KSparse2d channel": KSparse2d(channels, k),
+            "KSparse2d channel threshold_mode": KSparse2d(channels, k, threshold_mode=True),
+            "KWinners2d channel (boosting)": KWinners2d(channels, k),
+            "KWinners2d channel + sensitivity": KWinners2d(channels, k, sensitivity=True),
+            "KSparse2d global, 10%": KSparse2d(channels, percent_on=0.1, mode="global", spatial_shape=spatial),
+        }
+        times = interleaved_ms({name: step(m, x, grad) for name, m in layers.items()}, rounds, repeats)
+        for name in layers:
+            print(
+                f"| {', '.join(map(str, shape))} | {k} | {name} | {statistics.median(times[name]):.3f} | "
+                f"{median_ratio(times, name, 'ReLU'):.2f} |"
+            )
+
+
+TABLES: dict[str, Callable[[int, int], None]] = {
+    "layers": layer_table,
+    "phases": phase_table,
+    "selection": selection_table,
+    "overhead": overhead_table,
+    "conv": conv_table,
+}
 
 if __name__ == "__main__":
     main()
