@@ -385,6 +385,23 @@ static uint32_t rth_largest(uint32_t *a, int64_t len, int64_t r) {
     return a[lo];
 }
 
+/* rth_largest for a few keys, without branches on them: the r-th largest is the key with fewer than r keys
+ * above it and at least r at or above it.  Quickselect's partitions mispredict about once per key there,
+ * and the band it finishes is usually this small. */
+#define FEW_KEYS 32
+static uint32_t rth_largest_of_few(const uint32_t *a, int64_t len, int64_t r) {
+    uint32_t kth = a[0];
+    for (int64_t j = 0; j < len; j++) {
+        int64_t above = 0, at_least = 0;
+        for (int64_t i = 0; i < len; i++) {
+            above += a[i] > a[j];
+            at_least += a[i] >= a[j];
+        }
+        kth = above < r && r <= at_least ? a[j] : kth;
+    }
+    return kth;
+}
+
 static void select_by_keys(const float *s, int64_t n, int64_t k, int64_t *idx, uint32_t *work) {
     for (int64_t i = 0; i < n; i++) work[i] = key_of(s[i]);
     uint32_t kth = rth_largest(work, n, k);
@@ -435,7 +452,7 @@ static float finish_in_band(const float *s, const int32_t *ids, int64_t n, int64
     uint32_t *keys = w->keys;
     int64_t m = collect_at_least(s, ids, n, lo, cand, values);
     int64_t b = keys_below(values, m, hi, keys);
-    uint32_t kth = rth_largest(keys, b, k - c_hi);
+    uint32_t kth = b <= FEW_KEYS ? rth_largest_of_few(keys, b, k - c_hi) : rth_largest(keys, b, k - c_hi);
     int64_t above = c_hi, equal = 0;
     for (int64_t j = 0; j < b; j++) {
         above += keys[j] > kth;
