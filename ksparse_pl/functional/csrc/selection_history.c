@@ -65,9 +65,9 @@ __attribute__((optimize("fp-contract=off"))) int ksparse_sensitivity_factors(
  * every pair's factor (as ksparse_sensitivity_factors, each unit's previous selection tracked on the way) and
  * the state after the batch, after[u] (as ksparse_pl.functional.sensitivity_after: idle since the unit's
  * last selection, or since the batch began from sensitivity[u]); decay has an entry for every i in
- * [0, batch].  Returns 0 on success, 1 if a sample lies outside [0, batch)
- * or a unit outside [0, n), 2 if the samples decrease somewhere (the caller then sorts), 3 if the work array
- * could not be allocated, 4 if a pair is listed twice. */
+ * [0, batch].  Returns 0 on success, 1 if a sample lies outside [0, batch) or a unit outside [0, n), 2 if the
+ * samples decrease somewhere (the caller then sorts), 3 if the work array could not be allocated, 4 if a pair
+ * is listed twice. */
 __attribute__((optimize("fp-contract=off"))) int ksparse_sensitivity_step(const int64_t *samples, const int64_t *units,
                                                                          int64_t pairs, const float *sensitivity,
                                                                          int64_t n, const float *decay, int64_t batch,

@@ -694,14 +694,18 @@ static int run_rows(void *(*fn)(void *), const void *job, int64_t rows, int64_t 
     return failed;
 }
 
+static normal_guess guess_of(float z, float z_low) {
+    normal_guess guess = {z, z_low, exp(-0.5 * (double)z * z) * 0.3989422804014327}; /* the density at z */
+    return guess;
+}
+
 /* Per row of x (rows, n): indices = the k largest scores (x, or |x| if by_magnitude, times boost if not
  * NULL), ascending; if dst, the sparse output (x at the winners, ReLU'd if relu); if counts (zeroed by the
  * caller), how many rows each column won in.  z, z_low: the normal quantiles of 1 - k/n and 1 - 2k/n (NaN
  * for no compaction; see select_by_threshold).  Returns nonzero if a thread could not allocate its buffers. */
 int ksparse_select_rows(const float *x, const float *boost, int by_magnitude, int64_t *indices, float *dst, int relu,
                         int64_t *counts, int64_t rows, int64_t n, int64_t k, float z, float z_low, int threads) {
-    normal_guess guess = {z, z_low, exp(-0.5 * (double)z * z) * 0.3989422804014327};
-    select_job job = {x, boost, by_magnitude, indices, dst, relu, counts, NULL, n, k, guess};
+    select_job job = {x, boost, by_magnitude, indices, dst, relu, counts, NULL, n, k, guess_of(z, z_low)};
     return run_rows(select_slice, &job, rows, n, threads);
 }
 
@@ -712,8 +716,7 @@ int ksparse_select_rows(const float *x, const float *boost, int by_magnitude, in
 int ksparse_keep_at_least_rows(const float *x, const float *boost, int by_magnitude, float *dst, uint8_t *bits,
                                int relu, int64_t *counts, int64_t rows, int64_t n, int64_t k, float z, float z_low,
                                int threads) {
-    normal_guess guess = {z, z_low, exp(-0.5 * (double)z * z) * 0.3989422804014327};
-    select_job job = {x, boost, by_magnitude, NULL, dst, relu, counts, bits, n, k, guess};
+    select_job job = {x, boost, by_magnitude, NULL, dst, relu, counts, bits, n, k, guess_of(z, z_low)};
     return run_rows(select_slice, &job, rows, n, threads);
 }
 
