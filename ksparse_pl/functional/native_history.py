@@ -50,15 +50,13 @@ def sensitivity_factors(
     ``(1 - 1/tau) ** i``; all CPU tensors.
     """
     pairs, n, batch = samples.shape[0], sensitivity.shape[0], decay.shape[0]
-    _check_vectors("sensitivity_factors", samples=samples, units=units, previous=previous)
-    _check_vectors("sensitivity_factors", torch.float32, sensitivity=sensitivity, decay=decay)
-    if units.shape[0] != pairs or previous.shape[0] != pairs:
+    samples, units, sensitivity, decay = _checked("sensitivity_factors", samples, units, sensitivity, decay)
+    _check_vectors("sensitivity_factors", previous=previous)
+    if previous.shape[0] != pairs:
         raise ValueError(
-            f"sensitivity_factors: expected `samples`, `units` and `previous` of one length, but got "
-            f"{pairs}, {units.shape[0]} and {previous.shape[0]}."
+            f"sensitivity_factors: expected one `previous` per pair ({pairs}), but got {previous.shape[0]}."
         )
-    samples, units, previous = samples.contiguous(), units.contiguous(), previous.contiguous()
-    sensitivity, decay = sensitivity.contiguous(), decay.contiguous()
+    previous = previous.contiguous()
     factors = torch.empty(pairs, dtype=torch.float32)
     if library().ksparse_sensitivity_factors(
         samples.data_ptr(),
@@ -90,14 +88,7 @@ def factors_and_state(
     batch; ``decay``: ``(batch + 1,)`` float32, ``(1 - 1/tau) ** i``; all CPU tensors.
     """
     pairs, n, batch = samples.shape[0], sensitivity.shape[0], decay.shape[0] - 1
-    _check_vectors("factors_and_state", samples=samples, units=units)
-    _check_vectors("factors_and_state", torch.float32, sensitivity=sensitivity, decay=decay)
-    if units.shape[0] != pairs:
-        raise ValueError(
-            f"factors_and_state: expected `samples` and `units` of one length, but got {pairs} and {units.shape[0]}."
-        )
-    samples, units = samples.contiguous(), units.contiguous()
-    sensitivity, decay = sensitivity.contiguous(), decay.contiguous()
+    samples, units, sensitivity, decay = _checked("factors_and_state", samples, units, sensitivity, decay)
     factors, after = torch.empty(pairs, dtype=torch.float32), torch.empty_like(sensitivity)
     status = library().ksparse_sensitivity_step(
         samples.data_ptr(),
@@ -121,6 +112,19 @@ def factors_and_state(
     if status == _NO_MEMORY:
         raise MemoryError("ksparse_pl's selection-history kernel could not allocate its work array")
     return None if status == _NOT_IN_SAMPLE_ORDER else (factors, after)
+
+
+def _checked(
+    caller: str, samples: Tensor, units: Tensor, sensitivity: Tensor, decay: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The pairs, the state and the decay table as the kernels read them (contiguous), checked."""
+    _check_vectors(caller, samples=samples, units=units)
+    _check_vectors(caller, torch.float32, sensitivity=sensitivity, decay=decay)
+    if units.shape[0] != samples.shape[0]:
+        raise ValueError(
+            f"{caller}: expected `samples` and `units` of one length, but got {samples.shape[0]} and {units.shape[0]}."
+        )
+    return samples.contiguous(), units.contiguous(), sensitivity.contiguous(), decay.contiguous()
 
 
 def _check_vectors(caller: str, dtype: torch.dtype = torch.int64, **vectors: Tensor) -> None:

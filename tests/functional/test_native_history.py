@@ -73,6 +73,8 @@ def test_sensitivity_factors_refuse_a_sample_beyond_the_decay_table() -> None:
         sensitivity_factors(samples, units, torch.tensor([-1, 6]), torch.ones(2), torch.ones(8), 10.0)
     with pytest.raises(ValueError, match="float32 CPU `decay`"):
         sensitivity_factors(samples, units, previous, torch.ones(2), torch.ones(5, dtype=torch.float64), 10.0)
+    with pytest.raises(ValueError, match=r"one `previous` per pair \(2\), but got 1"):
+        sensitivity_factors(samples, units, previous[:1], torch.ones(2), torch.ones(5), 10.0)
 
 
 def test_factors_and_state_by_hand() -> None:
