@@ -31,32 +31,35 @@ class _SelectedRows(torch.autograd.Function):
 
     @staticmethod
     @first_order_only
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, Tensor, None, None]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None]:
         x, weight, indices = ctx.saved_tensors
-        grad = grad.to(weight.dtype)
-        if native_serves(x, weight, grad, indices=indices):
-            grad_x = gather_rows(weight, indices, grad)
-            grad_weight = scatter_rows(x, indices, grad, weight.shape[0])
-        else:
-            grad_x, grad_weight = _selected_rows_grads(x.to(weight.dtype), weight, indices, grad)
-        grad_bias = torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device).index_add_(
-            0, indices.reshape(-1), grad.reshape(-1)
-        )
-        return grad_x.to(x.dtype), grad_weight, grad_bias, None, None
+        # Only what autograd asks for: an autoencoder's input (the data) needs no gradient, and computing it
+        # would cost about as much as the decode.
+        needs_x, needs_weight, needs_bias = ctx.needs_input_grad[:3]
+        grad, m = grad.to(weight.dtype), weight.shape[0]
+        grad_x = _selected_rows_input_grad(weight, indices, grad).to(x.dtype) if needs_x else None
+        grad_weight = _selected_rows_weight_grad(x.to(weight.dtype), indices, grad, m) if needs_weight else None
+        grad_bias = grad.new_zeros(m).index_add_(0, indices.reshape(-1), grad.reshape(-1)) if needs_bias else None
+        return grad_x, grad_weight, grad_bias, None, None
 
 
-def _selected_rows_grads(x: Tensor, weight: Tensor, indices: Tensor, grad: Tensor) -> tuple[Tensor, Tensor]:
-    """The input and weight gradients of :class:`_SelectedRows` by torch's operations (GPUs, other dtypes)."""
+def _selected_rows_input_grad(weight: Tensor, indices: Tensor, grad: Tensor) -> Tensor:
+    """``sum_j grad[b, j] * weight[indices[b, j]]``: the input gradient of :class:`_SelectedRows`."""
+    if native_serves(weight, grad, indices=indices):
+        return gather_rows(weight, indices, grad)
+    return F.embedding_bag(indices, weight, per_sample_weights=grad, mode="sum")
+
+
+def _selected_rows_weight_grad(x: Tensor, indices: Tensor, grad: Tensor, m: int) -> Tensor:
+    """The weight gradient of :class:`_SelectedRows`: ``G^T x`` for the (B, M) gradient ``G`` with k entries per
+    row, without building the (B*k, d) outer-product rows."""
+    if native_serves(x, grad, indices=indices):
+        return scatter_rows(x, indices, grad, m)
     batch, k = indices.shape
     flat = indices.reshape(-1)  # (B*k,)
-    grad_x = F.embedding_bag(indices, weight, per_sample_weights=grad, mode="sum")
-    # grad_weight = G^T x for the (B, M) gradient G with k entries per row: a sparse matmul never builds
-    # the (B*k, d) outer-product rows.
     samples = torch.arange(batch, device=flat.device).repeat_interleave(k)
-    grad_t = torch.sparse_coo_tensor(
-        torch.stack([flat, samples]), grad.reshape(-1), (weight.shape[0], batch), check_invariants=False
-    )
-    return grad_x, torch.sparse.mm(grad_t, x)
+    grad_t = torch.sparse_coo_tensor(torch.stack([flat, samples]), grad.reshape(-1), (m, batch), check_invariants=False)
+    return torch.sparse.mm(grad_t, x)
 
 
 class _DecodeRows(torch.autograd.Function):

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ksparse_pl.functional import keep_winners, sparse_decode, topk_encode
+from ksparse_pl.functional import keep_winners, sparse_coding, sparse_decode, topk_encode
 
 
 def dense_step(x, w_enc, b_enc, w_dec_rows, b_dec, k, relu):
@@ -46,3 +46,32 @@ def test_encoder_gradient_touches_only_selected_rows() -> None:
     touched = torch.zeros(50, dtype=torch.bool)
     touched[indices.unique()] = True
     assert (w.grad[~touched] == 0).all() and (w.grad[touched] != 0).any()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["native kernels", "torch ops"])
+def test_encoder_backward_computes_only_the_gradients_asked_for(dtype: torch.dtype, monkeypatch) -> None:
+    x, w, b = torch.randn(9, 6, dtype=dtype), torch.randn(40, 6, dtype=dtype), torch.randn(40, dtype=dtype)
+    upstream = torch.linspace(-1, 1, 9 * 3, dtype=dtype).view(9, 3)
+
+    def grads(*wanted: torch.Tensor) -> list[torch.Tensor]:
+        leaves = [t.clone().requires_grad_(any(t is u for u in wanted)) for t in (x, w, b)]
+        values, _ = topk_encode(*leaves, k=3)
+        values.backward(upstream)
+        return [leaf.grad for leaf in leaves]
+
+    everything = grads(x, w, b)
+    gathers: list[str] = []
+
+    def counted(function, name):
+        def run(*args, **kwargs):
+            gathers.append(name)
+            return function(*args, **kwargs)
+
+        return run
+
+    monkeypatch.setattr(sparse_coding, "gather_rows", counted(sparse_coding.gather_rows, "kernel"))
+    monkeypatch.setattr(F, "embedding_bag", counted(F.embedding_bag, "torch"))
+    x_grad, w_grad, b_grad = grads(w)  # an autoencoder's data needs no gradient; here the bias is frozen too
+    assert x_grad is None and b_grad is None and not gathers
+    assert torch.equal(w_grad, everything[1])
+    assert torch.equal(grads(x)[0], everything[0]) and len(gathers) == 1
