@@ -44,5 +44,10 @@ def _run(kernel: Callable[..., int], a: Tensor, indices: Tensor, b: Tensor, out:
     """``kernel(a, indices, b, out, ...)`` on contiguous inputs; the indexed matrix has ``m`` rows of ``d``."""
     batch, k = indices.shape
     a, indices, b = a.contiguous(), indices.contiguous(), b.contiguous()
-    if kernel(a.data_ptr(), indices.data_ptr(), b.data_ptr(), out.data_ptr(), batch, k, m, d, torch.get_num_threads()):
+    status = kernel(
+        a.data_ptr(), indices.data_ptr(), b.data_ptr(), out.data_ptr(), batch, k, m, d, torch.get_num_threads()
+    )
+    if status == 1:
         raise IndexError(f"an index in `indices` is outside [0, {m}) (the rows of the weight).")
+    if status:
+        raise MemoryError("ksparse_pl's row scatter could not allocate its buffers")

@@ -49,6 +49,16 @@ def test_scatter_sums_every_pair_into_its_row_and_zeroes_the_rest() -> None:
         assert (out[untouched] == 0).all()
 
 
+def test_scatter_sums_each_row_in_sample_order() -> None:
+    # In float32, (1 + 1e8) - 1e8 = 0 but 1 + (1e8 - 1e8) = 1: the three samples' terms land in row 1 in
+    # sample order, whichever pairs the other rows take and however the pairs are sorted by row.
+    src = torch.tensor([[1.0, 2.0], [1e8, 3.0], [-1e8, 4.0]])
+    indices = torch.tensor([[1, 0], [2, 1], [1, 0]])
+    out = scatter_rows(src, indices, torch.ones(3, 2), 3)
+    assert out[1, 0].item() == 0.0 and out[1, 1].item() == 9.0
+    assert out[0].tolist() == [-1e8, 6.0] and out[2].tolist() == [1e8, 3.0]  # 1 - 1e8 rounds to -1e8
+
+
 def test_results_do_not_depend_on_the_number_of_threads() -> None:
     rows, indices, coef, src = problem(batch=256, k=32, m=4096, d=64)
     threads = torch.get_num_threads()

@@ -5,10 +5,10 @@
  *   gather:  out[b] = sum_j coef[b, j] * rows[idx[b, j]]        (the decode; the encoder's input gradient)
  *   dot:     out[b, j] = rows[idx[b, j]] . src[b]               (the gradient of the decode's coefficients)
  *   scatter: out = 0, then out[idx[b, j]] += coef[b, j] * src[b] (the encoder's and decoder's weight gradients)
- * gather and dot split the samples over threads.  scatter splits the M output rows: each thread scans all B*k
- * pairs for the rows it owns, so no two threads write one row, and each row sums its terms in sample order
- * whatever the number of threads.  Every function returns nonzero, having written nothing, if an index lies
- * outside [0, M).
+ * gather and dot split the samples over threads.  scatter sorts the pairs by row and splits the M output rows:
+ * one thread sums each row whole, its terms in sample order whatever the number of threads.  Every function
+ * returns 1, having written nothing, if an index lies outside [0, M); scatter returns 2 if it could not
+ * allocate its buffers.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -18,6 +18,9 @@
 
 #ifdef _OPENMP
 #include <omp.h>
+#endif
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
 #endif
 
 /* The row loops in AVX2 where the CPU has it (chosen at load time), SSE2 elsewhere. */
@@ -77,42 +80,71 @@ ROW_LOOP static void scale(float a, const float *x, float *y, int64_t d) {
     for (int64_t i = 0; i < d; i++) y[i] = a * x[i];
 }
 
-/* scatter for the output rows [lo, hi).  A row's first term is stored rather than added to zeros (a * x equals
- * 0 + a * x, fused or not, but for the sign of a zero), so each row of the M x d output is written once instead
- * of zeroed first (the scatter took 0.51 instead of 0.75 ms at M = 4096, d = 768, B = 256, k = 32); rows that
- * no pair selects are zeroed at the end. */
-static void scatter_part(const float *src, const int64_t *idx, const float *coef, float *out, int64_t pairs,
-                         int64_t k, int64_t d, int64_t lo, int64_t hi) {
-    unsigned char *seen = calloc(hi - lo, 1);
-    if (!seen) memset(out + lo * d, 0, (hi - lo) * d * sizeof(float)); /* no room to track: zero, then add */
-    for (int64_t p = 0; p < pairs; p++) {
-        int64_t r = idx[p];
-        if (r < lo || r >= hi) continue;
-        if (seen && !seen[r - lo]) {
-            scale(coef[p], src + (p / k) * d, out + r * d, d);
-            seen[r - lo] = 1;
-        } else {
-            axpy(coef[p], src + (p / k) * d, out + r * d, d);
-        }
-    }
-    if (!seen) return;
-    for (int64_t r = lo; r < hi; r++)
-        if (!seen[r - lo]) memset(out + r * d, 0, d * sizeof(float));
-    free(seen);
+/* out = row (zeros if row is NULL), by stores that do not first read out's lines into the cache (x86-64): the
+ * M x d gradient is larger than the caches, and each of its rows is written whole, once. */
+static void stream_row(const float *row, float *out, int64_t d) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    int64_t i = 0;
+    for (; i < d && ((uintptr_t)(out + i) & 15); i++) out[i] = row ? row[i] : 0.0f;
+    for (; i + 4 <= d; i += 4) _mm_stream_ps(out + i, row ? _mm_loadu_ps(row + i) : _mm_setzero_ps());
+    for (; i < d; i++) out[i] = row ? row[i] : 0.0f;
+#else
+    if (row) memcpy(out, row, d * sizeof(float));
+    else memset(out, 0, d * sizeof(float));
+#endif
 }
 
+/* out[r] = sum of coef[p] * src[p / k] over the pairs p of row r (order[start[r] .. start[r + 1]), ascending),
+ * summed in a thread's buffer of d floats (sums + thread * d), which stays in the cache, and then streamed out;
+ * rows without pairs are zeroed. */
+static void scatter_sorted(const float *src, const float *coef, const int64_t *order, const int64_t *start,
+                           float *sums, float *out, int64_t k, int64_t m, int64_t d, int threads) {
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads)
+#endif
+    {
+#ifdef _OPENMP
+        float *sum = sums + omp_get_thread_num() * d;
+#pragma omp for schedule(static)
+#else
+        float *sum = sums;
+#endif
+        for (int64_t r = 0; r < m; r++) {
+            for (int64_t q = start[r]; q < start[r + 1]; q++) {
+                int64_t p = order[q];
+                if (q == start[r]) scale(coef[p], src + (p / k) * d, sum, d); /* = 0 + a * x but for a zero's sign */
+                else axpy(coef[p], src + (p / k) * d, sum, d);
+            }
+            stream_row(start[r] < start[r + 1] ? sum : NULL, out + r * d, d);
+        }
+#if defined(__x86_64__) && defined(__GNUC__)
+        _mm_sfence(); /* the streamed rows are visible before the threads join */
+#endif
+    }
+}
+
+/* The pairs sorted by row, stably (a counting sort): order lists them row by row in sample order, each row's
+ * from start[r] to start[r + 1].  Summing a row whole before writing it took the step of a sparse autoencoder
+ * (M = 4096 to 65536, d = 768) 2-5% below adding each term into the output row in place. */
 int ksparse_scatter_rows(const float *src, const int64_t *idx, const float *coef, float *out, int64_t batch,
                          int64_t k, int64_t m, int64_t d, int threads) {
     if (out_of_range(idx, batch * k, m)) return 1;
-#ifdef _OPENMP
-#pragma omp parallel num_threads(threads_for(m * d, threads))
-    {
-        int64_t t = omp_get_thread_num(), count = omp_get_num_threads();
-        scatter_part(src, idx, coef, out, batch * k, k, d, m * t / count, m * (t + 1) / count);
+    int64_t pairs = batch * k;
+    threads = threads_for(m * d, threads);
+    int64_t *start = calloc(m + 1, sizeof(int64_t)), *next = malloc(m * sizeof(int64_t) + 1);
+    int64_t *order = malloc(pairs * sizeof(int64_t) + 1);
+    float *sums = malloc(threads * d * sizeof(float) + 1);
+    int failed = !start || !next || !order || !sums;
+    if (!failed) {
+        for (int64_t p = 0; p < pairs; p++) start[idx[p] + 1]++;
+        for (int64_t r = 0; r < m; r++) start[r + 1] += start[r];
+        memcpy(next, start, m * sizeof(int64_t));
+        for (int64_t p = 0; p < pairs; p++) order[next[idx[p]]++] = p;
+        scatter_sorted(src, coef, order, start, sums, out, k, m, d, threads);
     }
-#else
-    (void)threads;
-    scatter_part(src, idx, coef, out, batch * k, k, d, 0, m);
-#endif
-    return 0;
+    free(start);
+    free(next);
+    free(order);
+    free(sums);
+    return failed ? 2 : 0;
 }
