@@ -40,7 +40,7 @@ def test_scatter_sums_every_pair_into_its_row_and_zeroes_the_rest() -> None:
     untouched = torch.ones(50, dtype=torch.bool)
     untouched[indices.unique()] = False
     assert untouched.any()
-    # The kernel stores each row's first term instead of zeroing the output first. Memory full of NaN, freed
+    # The kernel writes each output row once instead of zeroing the output first. Memory full of NaN, freed
     # just before, is what the allocator most often hands it next, so the rows no pair selects must be zeroed.
     for _ in range(5):
         torch.full((50, 19), float("nan"))  # freed at once
