@@ -105,7 +105,7 @@ static void scatter_sorted(const float *src, const float *coef, const int64_t *o
     {
 #ifdef _OPENMP
         float *sum = sums + omp_get_thread_num() * d;
-#pragma omp for schedule(static)
+#pragma omp for schedule(static) nowait
 #else
         float *sum = sums;
 #endif
