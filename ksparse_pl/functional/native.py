@@ -4,7 +4,7 @@ The shared library is cached in ``$KSPARSE_PL_CACHE`` (default ``$XDG_CACHE_HOME
 ``~/.cache/ksparse_pl``), keyed by the sources and the compiler, so a machine compiles it once (about a
 second). Without a working compiler, or with ``KSPARSE_PL_NATIVE=0``, everything warns once and uses torch's
 own operations: the same results, except which of several tied scores win a top-k selection.
-:mod:`~ksparse_pl.functional.native_topk`, :mod:`~ksparse_pl.functional.native_rows`,
+:mod:`~ksparse_pl.functional.native_topk` (rows and channels), :mod:`~ksparse_pl.functional.native_rows`,
 :mod:`~ksparse_pl.functional.native_history` and :mod:`~ksparse_pl.functional.native_duty_cycle` wrap the
 kernels.
 """
@@ -25,7 +25,9 @@ import torch
 from torch import Tensor
 
 _CSRC = Path(__file__).with_name("csrc")
-_SOURCES = [_CSRC / name for name in ("topk_rows.c", "sparse_rows.c", "selection_history.c", "duty_cycle.c")]
+_SOURCES = [
+    _CSRC / name for name in ("topk_rows.c", "topk_channels.c", "sparse_rows.c", "selection_history.c", "duty_cycle.c")
+]
 _HEADERS = [_CSRC / "threads.h"]
 _FLAGS = ["-O3", "-shared", "-fPIC"]
 # OpenMP, when the compiler has it: the library then shares torch's OpenMP runtime and thread pool.
@@ -93,6 +95,8 @@ def _library() -> ctypes.CDLL | None:
     # (x, boost, by_magnitude, dst, bits, relu, counts, rows, n, k, z, z_low, threads)
     keep = lib.ksparse_keep_at_least_rows
     keep.argtypes = [pointer, pointer, flag, pointer, pointer, flag, pointer, i64, i64, i64, f32, f32, ctypes.c_int]
+    # (x, boost, by_magnitude, relu, out, indices, bits, counts, batch, channels, positions, k, vectorized, threads)
+    lib.ksparse_select_channels.argtypes = [pointer, pointer, flag, flag, *[pointer] * 4, *[i64] * 4, flag, flag]
     # (src, bits, dst, rows, n, threads)
     lib.ksparse_take_bits_rows.argtypes = [pointer, pointer, pointer, i64, i64, ctypes.c_int]
     lib.ksparse_take_bits_rows.restype = None

@@ -120,6 +120,67 @@ def keep_at_least_rows(
     return (out if x.dim() == 2 else out.view(x.shape)), bits, kept
 
 
+#: The most winners per position that :func:`select_channels` serves (``MAX_K`` in ``csrc/topk_channels.c``).
+CHANNELS_MAX_K = 16
+
+
+class ChannelSelection(NamedTuple):
+    """What :func:`select_channels` returns."""
+
+    output: Tensor  #: like ``x``: ``x`` at the winners (ReLU'd with ``relu``), 0 elsewhere
+    indices: Tensor  #: ``(B, k, ...)`` int64: the winning channels at each position, ascending along dim 1
+    bits: Tensor  #: ``(B, ceil(C * P / 8))`` uint8: where the gradient passes, for :func:`take_bits_rows`
+    counts: Tensor | None  #: ``(C,)`` int64: at how many positions each channel won
+
+
+def select_channels(
+    x: Tensor,
+    k: int,
+    *,
+    boost: Tensor | None = None,
+    by_magnitude: bool = False,
+    relu: bool = False,
+    counts: bool = False,
+    vectorized: bool = True,
+) -> ChannelSelection:
+    """The ``k`` largest scores over the channels (dim 1) of ``(B, C, ...)`` maps at every position, in their own
+    layout (``csrc/topk_channels.c``): no copy with the channels last, as :func:`select_rows` would need.
+
+    Scores, ties and NaN as in :func:`select_rows` (``boost``: ``(C,)``). ``bits`` marks, bit ``c * P + p`` of a
+    sample's row (``P`` positions per channel), where the gradient passes, as in :func:`keep_at_least_rows`.
+    ``x`` must be a contiguous float32 CPU tensor and ``k`` in ``[1, min(C, CHANNELS_MAX_K)]``. ``vectorized=False``
+    runs the portable code that CPUs without AVX2 get (for tests).
+    """
+    batch, channels = x.shape[:2]
+    positions = math.prod(x.shape[2:])
+    factors = _boost_factors(boost, channels, "select_channels")
+    out = torch.empty_like(x)
+    indices = torch.empty(batch, k, *x.shape[2:], dtype=torch.int64)
+    bits = torch.empty(batch, (channels * positions + 7) // 8, dtype=torch.uint8)
+    wins = torch.zeros(channels, dtype=torch.int64) if counts else None
+    status = library().ksparse_select_channels(
+        x.data_ptr(),
+        None if factors is None else factors.data_ptr(),
+        int(by_magnitude),
+        int(relu),
+        out.data_ptr(),
+        indices.data_ptr(),
+        bits.data_ptr(),
+        None if wins is None else wins.data_ptr(),
+        batch,
+        channels,
+        positions,
+        k,
+        int(vectorized),
+        torch.get_num_threads(),
+    )
+    if status == 1:
+        raise ValueError(f"select_channels: `k` must be in [1, {min(channels, CHANNELS_MAX_K)}], but got {k}.")
+    if status:
+        raise MemoryError("ksparse_pl's channel top-k kernel could not allocate its buffers")
+    return ChannelSelection(out, indices, bits, wins)
+
+
 def take_bits_rows(src: Tensor, bits: Tensor) -> Tensor:
     """A tensor like ``src``: ``src`` where the bit of :func:`keep_at_least_rows`' ``bits`` is set, 0 elsewhere."""
     n = src.shape[-1]

@@ -17,8 +17,10 @@ from ksparse_pl.functional._checks import check_float_input, check_k
 from ksparse_pl.functional.boosting import winner_counts
 from ksparse_pl.functional.native import native_serves
 from ksparse_pl.functional.native_topk import (
+    CHANNELS_MAX_K,
     keep_at_least_rows,
     native_applies,
+    select_channels,
     select_rows,
     take_bits_rows,
     take_rows,
@@ -174,6 +176,44 @@ class _SelectRows(torch.autograd.Function):
         return take_rows(grad, indices, factors), None, None, None, None, None, None
 
 
+class _SelectChannels(torch.autograd.Function):
+    """:func:`select_and_keep` over the channels (dim 1) of ``(B, C, ...)`` maps by the channel kernel, in their
+    own layout; the backward keeps one bit per entry (and with ``grad_scale_of``'s factors, a map of them)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: Tensor,
+        k: int,
+        boost: Tensor | None,
+        by_magnitude: bool,
+        relu: bool,
+        counts: bool,
+        grad_scale_of: GradScaleOf | None,
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        selection = select_channels(x, k, boost=boost, by_magnitude=by_magnitude, relu=relu, counts=counts)
+        grad_scale = _grad_scale(grad_scale_of, selection.indices, selection.counts)
+        # each winner's factor at its entry; the bits zero the others' gradient whatever stands there
+        scale = None if grad_scale is None else torch.ones_like(x).scatter_(1, selection.indices, grad_scale.to(x))
+        ctx.save_for_backward(selection.bits, scale)
+        ctx.mark_non_differentiable(selection.indices)
+        ctx.set_materialize_grads(False)
+        return selection.output, selection.indices, selection.counts
+
+    @staticmethod
+    @first_order_only
+    def backward(ctx: Any, grad: Tensor, *_: Any) -> tuple[Tensor, None, None, None, None, None, None]:
+        bits, scale = ctx.saved_tensors
+        passed = take_bits_rows(grad.reshape(grad.shape[0], -1), bits).view(grad.shape)
+        return (passed if scale is None else passed * scale), None, None, None, None, None, None
+
+
+def _channels_native(x: Tensor, dim: int, k: int) -> bool:
+    """Whether the channel kernel serves ``x`` along ``dim``: the channels (dim 1) of a contiguous float32 CPU
+    ``(B, C, ...)`` tensor, at most ``CHANNELS_MAX_K`` winners per position."""
+    return x.dim() > 2 and dim % x.dim() == 1 and k <= CHANNELS_MAX_K and x.is_contiguous() and native_serves(x)
+
+
 def _grad_scale(grad_scale_of: GradScaleOf | None, indices: Tensor, counts: Tensor | None) -> Tensor | None:
     """What ``grad_scale_of`` gives for these winners, checked to hold one factor per winner."""
     if grad_scale_of is None:
@@ -228,9 +268,10 @@ def select_and_keep(
 
     Equals ``keep_winners(x, indices, dim=dim, relu=relu, grad_scale=grad_scale_of(indices, counts))`` with
     ``indices = topk_indices(selection_scores(x, ...), k, dim)``; on CPU float32 one kernel pass per row does
-    the selection, the output and the counts (no scores tensor, no second read of ``x``). Along another dim
-    than the last (the channels of ``(B, C, H, W)``) that dim is first moved last, which costs one copy, and
-    the output and indices come back as views of that layout (the output is then channels-last).
+    the selection, the output and the counts (no scores tensor, no second read of ``x``). The channels (dim 1)
+    of a contiguous ``(B, C, ...)`` map with ``k <= 16`` take a kernel that works in the map's layout (8
+    positions at a time). Along another dim than the last otherwise, that dim is first moved last, which costs
+    one copy, and the output and indices come back as views of that layout (the output is then channels-last).
 
     Args:
         x: activations.
@@ -254,6 +295,8 @@ def select_and_keep(
     if native_applies(x, dim) and (boost_factors is None or boost_factors.shape == (n,)):
         return _SelectRows.apply(x, k, boost_factors, by_magnitude, relu, counts, grad_scale_of)
     boost = _per_index(boost_factors, x, dim)
+    if _channels_native(x, dim, k) and (boost_factors is None or boost is not None):
+        return _SelectChannels.apply(x, k, boost, by_magnitude, relu, counts, grad_scale_of)
     if _native_elsewhere(x, dim) and (boost_factors is None or boost is not None):
         # The kernel reads rows: the units' dim moved last (one copy), the results moved back as views.
         def moved_scale_of(indices: Tensor, wins: Tensor | None) -> Tensor | None:

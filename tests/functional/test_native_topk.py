@@ -280,32 +280,40 @@ def test_a_nan_winner_passes_its_gradient_through_relu_as_in_torch() -> None:
 
 
 @pytest.mark.parametrize("boosted", [False, True], ids=["plain", "boosted per channel"])
-def test_other_dims_take_the_kernel_after_moving_the_dim_last(boosted: bool) -> None:
-    # the channels of (B, C, H, W): float32 moves them last for the kernel, float64 takes torch.topk along dim 1
+@pytest.mark.parametrize(
+    ("channels", "k", "layout"),
+    [(12, 3, torch.contiguous_format), (40, 20, torch.channels_last)],
+    ids=["channel kernel", "row kernel after moving the channels last"],
+)
+def test_the_channels_of_feature_maps_take_a_kernel(
+    boosted: bool, channels: int, k: int, layout: torch.memory_format
+) -> None:
+    # the channels of (B, C, H, W): float32 takes the channel kernel (at most CHANNELS_MAX_K winners), or the row
+    # kernel on a copy with the channels last; float64 takes torch.topk along dim 1
     torch.manual_seed(3)
-    x = torch.randn(4, 12, 5, 6, dtype=torch.float64).float().requires_grad_()
-    boost = torch.rand(12, 1, 1) + 0.5 if boosted else None
+    x = torch.randn(4, channels, 5, 6, dtype=torch.float64).float().requires_grad_()
+    boost = torch.rand(channels, 1, 1) + 0.5 if boosted else None
     seen = []
 
     def scale_of(indices: torch.Tensor, counts: torch.Tensor | None) -> torch.Tensor:
         seen.append(indices.shape)
         return 1.0 + indices.to(x.dtype) / 10
 
-    out, indices, counts = select_and_keep(x, 3, dim=1, boost_factors=boost, counts=True, grad_scale_of=scale_of)
-    grad_out = torch.randn(4, 12, 5, 6)
+    out, indices, counts = select_and_keep(x, k, dim=1, boost_factors=boost, counts=True, grad_scale_of=scale_of)
+    grad_out = torch.randn(4, channels, 5, 6)
     (grad,) = torch.autograd.grad(out, x, grad_out)
-    assert seen == [(4, 3, 5, 6)] and indices.shape == (4, 3, 5, 6)
-    assert out.is_contiguous(memory_format=torch.channels_last)  # the kernel's layout, as documented
+    assert seen == [(4, k, 5, 6)] and indices.shape == (4, k, 5, 6)
+    assert out.is_contiguous(memory_format=layout)  # the kernel's layout, as documented
     x64 = x.detach().double().requires_grad_()
     out64, indices64, counts64 = select_and_keep(
-        x64, 3, dim=1, boost_factors=None if boost is None else boost.double(), counts=True, grad_scale_of=scale_of
+        x64, k, dim=1, boost_factors=None if boost is None else boost.double(), counts=True, grad_scale_of=scale_of
     )
     (grad64,) = torch.autograd.grad(out64, x64, grad_out.double())
     assert torch.equal(indices, indices64.sort(dim=1).values) and torch.equal(counts, counts64)
     assert torch.equal(out, out64.float())
     torch.testing.assert_close(grad, grad64.float())
-    kept, kept_counts = threshold_keep(x, 3, dim=1, boost_factors=boost, counts=True)
+    kept, kept_counts = threshold_keep(x, k, dim=1, boost_factors=boost, counts=True)
     kept64, kept_counts64 = threshold_keep(
-        x64, 3, dim=1, boost_factors=None if boost is None else boost.double(), counts=True
+        x64, k, dim=1, boost_factors=None if boost is None else boost.double(), counts=True
     )
     assert torch.equal(kept, kept64.float()) and torch.equal(kept_counts, kept_counts64)

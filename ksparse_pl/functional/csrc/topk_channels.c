@@ -1,0 +1,264 @@
+/* Top-k over the channels of feature maps at every position, in the maps' own (B, C, P) layout: the channel
+ * mode of KSparse2d / KWinners2d.  Built with topk_rows.c by ksparse_pl/functional/native.py; wrapped by
+ * ksparse_pl/functional/native_topk.py.
+ *
+ * The row kernel would need the channels last (a copy of the map in, one of the gradient out) and pays a
+ * fixed cost per row that outweighs the work on rows of a few dozen channels.  Here 8 neighbouring positions
+ * are 8 lanes: one pass over the channels keeps each lane's k largest keys in sorted registers (a
+ * compare-exchange per kept key), a second writes the output, the winners, the gradient bits and the counts.
+ * Same winners as the row kernel: the k largest scores (x, |x| with by_magnitude, times a per-channel boost),
+ * NaN above every number, -0 tied with 0, the lower channel first among tied scores.  AVX2 where the CPU has
+ * it, else the same steps lane by lane.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "threads.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define KSPARSE_X86
+#include <immintrin.h>
+#endif
+
+#define LANES 8
+#define MAX_K 16 /* kept keys per lane; CHANNELS_MAX_K in native_topk.py */
+
+/* The score of activation v (|v| with by_magnitude, times factor) as an int ordered as the floats, -0 as +0
+ * and NaN above everything. */
+static inline int32_t key_of_score(float v, float factor, int by_magnitude) {
+    float s = (by_magnitude ? fabsf(v) : v) * factor + 0.0f; /* -0 becomes +0 */
+    int32_t u;
+    memcpy(&u, &s, sizeof u);
+    return s != s ? INT32_MAX : u ^ ((u >> 31) & 0x7FFFFFFF);
+}
+
+/* One group of LANES positions of one sample: channel c of lane l at x[c * stride + l].  Writes out (same
+ * layout), idx[j * LANES + l] = the j-th winning channel of lane l (ascending), and per channel the lanes it
+ * won (won[c]) and where its gradient passes (pass[c]: won, and with relu not x <= 0, as torch's ReLU lets a
+ * NaN's gradient through), as bit l of a byte. */
+static void select_group_portable(const float *x, int64_t stride, int64_t channels, int64_t k, const float *boost,
+                                  int by_magnitude, int relu, float *out, int32_t *idx, uint8_t *won, uint8_t *pass) {
+    int32_t top[MAX_K][LANES], key[LANES], kth[LANES], ties[LANES], taken[LANES];
+    for (int64_t j = 0; j < k; j++)
+        for (int l = 0; l < LANES; l++) top[j][l] = INT32_MIN; /* below every key: -inf's is INT32_MIN + 2^23 - 1 */
+    for (int64_t c = 0; c < channels; c++) {
+        float factor = boost ? boost[c] : 1.0f;
+        for (int l = 0; l < LANES; l++) key[l] = key_of_score(x[c * stride + l], factor, by_magnitude);
+        for (int64_t j = 0; j < k; j++)
+            for (int l = 0; l < LANES; l++) {
+                int32_t t = top[j][l], v = key[l];
+                top[j][l] = t > v ? t : v;
+                key[l] = t > v ? v : t;
+            }
+    }
+    for (int l = 0; l < LANES; l++) {
+        kth[l] = top[k - 1][l];
+        ties[l] = 1; /* how many keys equal to the k-th win: k minus the keys above it, all among the top k */
+        for (int64_t j = 0; j < k - 1; j++) ties[l] += top[j][l] == kth[l];
+        taken[l] = 0;
+    }
+    for (int64_t c = 0; c < channels; c++) {
+        float factor = boost ? boost[c] : 1.0f;
+        unsigned won_bits = 0, pass_bits = 0;
+        for (int l = 0; l < LANES; l++) {
+            float v = x[c * stride + l];
+            int32_t key_l = key_of_score(v, factor, by_magnitude);
+            int tie = key_l == kth[l] && ties[l] > 0, keep = key_l > kth[l] || tie;
+            ties[l] -= tie;
+            out[c * stride + l] = keep ? (relu && v < 0.0f ? 0.0f : v) : 0.0f;
+            for (int64_t j = 0; j < k; j++) idx[j * LANES + l] = keep && taken[l] == j ? (int32_t)c : idx[j * LANES + l];
+            taken[l] += keep;
+            won_bits |= (unsigned)keep << l;
+            pass_bits |= (unsigned)(keep && !(relu && v <= 0.0f)) << l;
+        }
+        won[c] = (uint8_t)won_bits;
+        pass[c] = (uint8_t)pass_bits;
+    }
+}
+
+#ifdef KSPARSE_X86
+/* key_of_score of 8 lanes at once. */
+__attribute__((target("avx2"))) static __m256i keys_avx2(const float *x, __m256 factor, __m256 magnitude) {
+    __m256 s = _mm256_add_ps(_mm256_mul_ps(_mm256_and_ps(_mm256_loadu_ps(x), magnitude), factor), _mm256_setzero_ps());
+    __m256i u = _mm256_castps_si256(s);
+    __m256i key = _mm256_xor_si256(u, _mm256_srli_epi32(_mm256_srai_epi32(u, 31), 1));
+    __m256 nan = _mm256_cmp_ps(s, s, _CMP_UNORD_Q);
+    return _mm256_blendv_epi8(key, _mm256_set1_epi32(INT32_MAX), _mm256_castps_si256(nan));
+}
+
+/* select_group_portable in AVX2: the lanes are one vector.  kcap >= k is a constant in each of the functions
+ * below, so that the kept keys stay in registers (slots past k hold the next largest keys, and no winner). */
+__attribute__((target("avx2"), always_inline)) static inline void select_group_avx2(
+    const float *x, int64_t stride, int64_t channels, int64_t k, const float *boost, int by_magnitude, int relu,
+    float *out, int32_t *idx, uint8_t *won, uint8_t *pass, const int kcap) {
+    __m256i top[MAX_K], slot[MAX_K];
+    __m256 magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(by_magnitude ? 0x7FFFFFFF : -1)), zero = _mm256_setzero_ps();
+    for (int j = 0; j < kcap; j++) top[j] = _mm256_set1_epi32(INT32_MIN);
+    for (int64_t c = 0; c < channels; c++) {
+        __m256i key = keys_avx2(x + c * stride, _mm256_set1_ps(boost ? boost[c] : 1.0f), magnitude);
+        for (int j = 0; j < kcap; j++) {
+            __m256i t = top[j];
+            top[j] = _mm256_max_epi32(t, key);
+            key = _mm256_min_epi32(t, key);
+        }
+    }
+    __m256i kth = top[0], ties = _mm256_set1_epi32(1), taken = _mm256_setzero_si256();
+    for (int j = 1; j < kcap; j++) /* constant indices keep top in registers */
+        if (j == k - 1) kth = top[j];
+    for (int j = 0; j < kcap; j++)
+        if (j < k - 1) ties = _mm256_sub_epi32(ties, _mm256_cmpeq_epi32(top[j], kth));
+    for (int j = 0; j < kcap; j++) slot[j] = _mm256_setzero_si256();
+    for (int64_t c = 0; c < channels; c++) {
+        __m256i key = keys_avx2(x + c * stride, _mm256_set1_ps(boost ? boost[c] : 1.0f), magnitude);
+        __m256i tie = _mm256_and_si256(_mm256_cmpeq_epi32(key, kth), _mm256_cmpgt_epi32(ties, _mm256_setzero_si256()));
+        __m256i keep = _mm256_or_si256(_mm256_cmpgt_epi32(key, kth), tie); /* a true lane is -1 */
+        ties = _mm256_add_epi32(ties, tie);
+        __m256 v = _mm256_loadu_ps(x + c * stride), kept = _mm256_castsi256_ps(keep);
+        _mm256_storeu_ps(out + c * stride, _mm256_and_ps(kept, relu ? _mm256_max_ps(zero, v) : v));
+        __m256 passes = relu ? _mm256_and_ps(kept, _mm256_cmp_ps(v, zero, _CMP_NLE_UQ)) : kept;
+        __m256i channel = _mm256_set1_epi32((int32_t)c);
+        for (int j = 0; j < kcap; j++) {
+            __m256i here = _mm256_and_si256(keep, _mm256_cmpeq_epi32(taken, _mm256_set1_epi32(j)));
+            slot[j] = _mm256_blendv_epi8(slot[j], channel, here);
+        }
+        taken = _mm256_sub_epi32(taken, keep);
+        won[c] = (uint8_t)_mm256_movemask_ps(kept);
+        pass[c] = (uint8_t)_mm256_movemask_ps(passes);
+    }
+    for (int64_t j = 0; j < k; j++) _mm256_storeu_si256((__m256i *)(idx + j * LANES), slot[j]);
+}
+
+#define SELECT_GROUP_AVX2(kcap)                                                                                    \
+    __attribute__((target("avx2"))) static void select_group_avx2_##kcap(                                         \
+        const float *x, int64_t stride, int64_t channels, int64_t k, const float *boost, int by_magnitude, int relu, \
+        float *out, int32_t *idx, uint8_t *won, uint8_t *pass) {                                                   \
+        select_group_avx2(x, stride, channels, k, boost, by_magnitude, relu, out, idx, won, pass, kcap);           \
+    }
+SELECT_GROUP_AVX2(2)
+SELECT_GROUP_AVX2(4)
+SELECT_GROUP_AVX2(8)
+SELECT_GROUP_AVX2(16)
+#endif
+
+typedef void (*group_fn)(const float *, int64_t, int64_t, int64_t, const float *, int, int, float *, int32_t *,
+                         uint8_t *, uint8_t *);
+
+typedef struct {
+    const float *x, *boost;
+    int by_magnitude, relu;
+    int64_t batch, channels, positions, k;
+    float *out;
+    int64_t *indices;
+    uint8_t *bits;
+    group_fn select_group;
+} channel_job;
+
+/* The set bits of a byte (__builtin_popcount is a library call where the compiler may not assume popcnt). */
+static inline int lanes_set(unsigned byte) {
+    byte = byte - ((byte >> 1) & 0x55);
+    byte = (byte & 0x33) + ((byte >> 2) & 0x33);
+    return (int)((byte + (byte >> 4)) & 0x0F);
+}
+
+/* Bits [at, at + 8) of a zeroed bit row: mask (bit i of mask to bit at + i). */
+static void or_bits(uint8_t *row, int64_t at, unsigned mask) {
+    unsigned shifted = mask << (at & 7);
+    row[at >> 3] |= (uint8_t)shifted;
+    if (shifted >> 8) row[(at >> 3) + 1] |= (uint8_t)(shifted >> 8);
+}
+
+/* Sample b, positions [p, p + lanes): the group in place when it is whole, else through the buffers of LANES
+ * lanes per channel (tmp_x, tmp_out), lanes past the end padded with zeros and never written back. */
+static void select_positions(const channel_job *job, int64_t b, int64_t p, int lanes, float *tmp_x, float *tmp_out,
+                             int32_t *idx, uint8_t *won, uint8_t *pass, int64_t *counts) {
+    int64_t C = job->channels, P = job->positions, k = job->k;
+    const float *x = job->x + b * C * P + p;
+    float *out = job->out + b * C * P + p;
+    if (lanes == LANES) {
+        job->select_group(x, P, C, k, job->boost, job->by_magnitude, job->relu, out, idx, won, pass);
+    } else {
+        for (int64_t c = 0; c < C; c++)
+            for (int l = 0; l < LANES; l++) tmp_x[c * LANES + l] = l < lanes ? x[c * P + l] : 0.0f;
+        job->select_group(tmp_x, LANES, C, k, job->boost, job->by_magnitude, job->relu, tmp_out, idx, won, pass);
+        for (int64_t c = 0; c < C; c++)
+            for (int l = 0; l < lanes; l++) out[c * P + l] = tmp_out[c * LANES + l];
+    }
+    unsigned valid = (1u << lanes) - 1;
+    uint8_t *bit_row = job->bits + b * ((C * P + 7) / 8);
+    for (int64_t j = 0; j < k; j++)
+        for (int l = 0; l < lanes; l++) job->indices[(b * k + j) * P + p + l] = idx[j * LANES + l];
+    for (int64_t c = 0; c < C; c++) {
+        or_bits(bit_row, c * P + p, pass[c] & valid);
+        counts[c] += lanes_set(won[c] & valid);
+    }
+}
+
+/* Per sample of x (batch, channels, positions) and position: out = x at the k largest scores over the
+ * channels (ReLU'd if relu), 0 elsewhere; indices (batch, k, positions) the winning channels, ascending; bits
+ * (batch, ceil(channels * positions / 8)), bit c * positions + p of a sample's row set where the gradient
+ * passes (as in ksparse_keep_at_least_rows); if counts (channels,), zeroed by the caller: at how many
+ * positions each channel won.  vectorized = 0 takes the portable code even where AVX2 is available (tests).
+ * Returns 1 for k outside [1, min(MAX_K, channels)], 2 if the buffers could not be allocated. */
+int ksparse_select_channels(const float *x, const float *boost, int by_magnitude, int relu, float *out,
+                            int64_t *indices, uint8_t *bits, int64_t *counts, int64_t batch, int64_t channels,
+                            int64_t positions, int64_t k, int vectorized, int threads) {
+    if (k < 1 || k > MAX_K || k > channels) return 1;
+    group_fn select_group = select_group_portable;
+#ifdef KSPARSE_X86
+    if (vectorized && __builtin_cpu_supports("avx2"))
+        select_group = k <= 2   ? select_group_avx2_2
+                       : k <= 4 ? select_group_avx2_4
+                       : k <= 8 ? select_group_avx2_8
+                                : select_group_avx2_16;
+#else
+    (void)vectorized;
+#endif
+    channel_job job = {x, boost, by_magnitude, relu, batch, channels, positions, k, out, indices, bits, select_group};
+    threads = threads_for(batch * channels * positions, threads);
+    if (threads > batch) threads = batch > 0 ? (int)batch : 1;
+    /* per thread: tmp_x, tmp_out (LANES per channel), counts (one per channel), won, pass (a byte per channel) */
+    int64_t share = channels * (2 * LANES * sizeof(float) + sizeof(int64_t) + 2);
+    share += (8 - share % 8) % 8;
+    char *work = malloc(threads * share);
+    if (!work) return 2;
+    int64_t bytes = (channels * positions + 7) / 8;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads)
+#endif
+    {
+#ifdef _OPENMP
+        char *mine = work + omp_get_thread_num() * share;
+#else
+        char *mine = work;
+#endif
+        float *tmp_x = (float *)mine, *tmp_out = tmp_x + channels * LANES;
+        int64_t *own_counts = (int64_t *)(tmp_out + channels * LANES);
+        uint8_t *won = (uint8_t *)(own_counts + channels), *pass = won + channels;
+        int32_t idx[MAX_K * LANES];
+        memset(own_counts, 0, channels * sizeof(int64_t));
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (int64_t b = 0; b < batch; b++) {
+            memset(bits + b * bytes, 0, bytes);
+            for (int64_t p = 0; p < positions; p += LANES) {
+                int lanes = positions - p < LANES ? (int)(positions - p) : LANES;
+                select_positions(&job, b, p, lanes, tmp_x, tmp_out, idx, won, pass, own_counts);
+            }
+        }
+        if (counts) {
+#ifdef _OPENMP
+#pragma omp critical(ksparse_channel_counts)
+#endif
+            for (int64_t c = 0; c < channels; c++) counts[c] += own_counts[c];
+        }
+    }
+    free(work);
+    return 0;
+}
