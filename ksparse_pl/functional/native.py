@@ -97,6 +97,8 @@ def _library() -> ctypes.CDLL | None:
     keep.argtypes = [pointer, pointer, flag, pointer, pointer, flag, pointer, i64, i64, i64, f32, f32, ctypes.c_int]
     # (x, boost, by_magnitude, relu, out, indices, bits, counts, batch, channels, positions, k, vectorized, threads)
     lib.ksparse_select_channels.argtypes = [pointer, pointer, flag, flag, *[pointer] * 4, *[i64] * 4, flag, flag]
+    # the same without indices
+    lib.ksparse_keep_at_least_channels.argtypes = [pointer, pointer, flag, flag, *[pointer] * 3, *[i64] * 4, flag, flag]
     # (src, bits, dst, rows, n, threads)
     lib.ksparse_take_bits_rows.argtypes = [pointer, pointer, pointer, i64, i64, ctypes.c_int]
     lib.ksparse_take_bits_rows.restype = None

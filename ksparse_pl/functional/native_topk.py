@@ -151,20 +151,52 @@ def select_channels(
     ``x`` must be a contiguous float32 CPU tensor and ``k`` in ``[1, min(C, CHANNELS_MAX_K)]``. ``vectorized=False``
     runs the portable code that CPUs without AVX2 get (for tests).
     """
+    indices = torch.empty(x.shape[0], k, *x.shape[2:], dtype=torch.int64)
+    out, bits, wins = _run_channels("select_channels", x, k, indices, boost, by_magnitude, relu, counts, vectorized)
+    return ChannelSelection(out, indices, bits, wins)
+
+
+def keep_at_least_channels(
+    x: Tensor,
+    k: int,
+    *,
+    boost: Tensor | None = None,
+    by_magnitude: bool = False,
+    relu: bool = False,
+    counts: bool = False,
+    vectorized: bool = True,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Threshold mode of :func:`select_channels`: every score at least the position's k-th largest is kept (ties
+    and NaN kept, the whole position where a NaN is among the k largest), as :func:`keep_at_least_rows` along
+    rows. Returns ``(output, bits, counts)``."""
+    return _run_channels("keep_at_least_channels", x, k, None, boost, by_magnitude, relu, counts, vectorized)
+
+
+def _run_channels(
+    caller: str,
+    x: Tensor,
+    k: int,
+    indices: Tensor | None,
+    boost: Tensor | None,
+    by_magnitude: bool,
+    relu: bool,
+    counts: bool,
+    vectorized: bool,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """``(output, bits, counts)`` of the channel kernel ``ksparse_<caller>``, which writes ``indices`` where given."""
     batch, channels = x.shape[:2]
     positions = math.prod(x.shape[2:])
-    factors = _boost_factors(boost, channels, "select_channels")
+    factors = _boost_factors(boost, channels, caller)
     out = torch.empty_like(x)
-    indices = torch.empty(batch, k, *x.shape[2:], dtype=torch.int64)
     bits = torch.empty(batch, (channels * positions + 7) // 8, dtype=torch.uint8)
     wins = torch.zeros(channels, dtype=torch.int64) if counts else None
-    status = library().ksparse_select_channels(
+    status = getattr(library(), f"ksparse_{caller}")(
         x.data_ptr(),
         None if factors is None else factors.data_ptr(),
         int(by_magnitude),
         int(relu),
         out.data_ptr(),
-        indices.data_ptr(),
+        *([] if indices is None else [indices.data_ptr()]),
         bits.data_ptr(),
         None if wins is None else wins.data_ptr(),
         batch,
@@ -175,10 +207,10 @@ def select_channels(
         torch.get_num_threads(),
     )
     if status == 1:
-        raise ValueError(f"select_channels: `k` must be in [1, {min(channels, CHANNELS_MAX_K)}], but got {k}.")
+        raise ValueError(f"{caller}: `k` must be in [1, {min(channels, CHANNELS_MAX_K)}], but got {k}.")
     if status:
         raise MemoryError("ksparse_pl's channel top-k kernel could not allocate its buffers")
-    return ChannelSelection(out, indices, bits, wins)
+    return out, bits, wins
 
 
 def take_bits_rows(src: Tensor, bits: Tensor) -> Tensor:

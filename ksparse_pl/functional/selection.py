@@ -18,6 +18,7 @@ from ksparse_pl.functional.boosting import winner_counts
 from ksparse_pl.functional.native import native_serves
 from ksparse_pl.functional.native_topk import (
     CHANNELS_MAX_K,
+    keep_at_least_channels,
     keep_at_least_rows,
     native_applies,
     select_channels,
@@ -204,8 +205,14 @@ class _SelectChannels(torch.autograd.Function):
     @first_order_only
     def backward(ctx: Any, grad: Tensor, *_: Any) -> tuple[Tensor, None, None, None, None, None, None]:
         bits, scale = ctx.saved_tensors
-        passed = take_bits_rows(grad.reshape(grad.shape[0], -1), bits).view(grad.shape)
+        passed = _passed_by_bits(grad, bits)
         return (passed if scale is None else passed * scale), None, None, None, None, None, None
+
+
+def _passed_by_bits(grad: Tensor, bits: Tensor) -> Tensor:
+    """``grad`` where its bit is set, 0 elsewhere: ``bits`` holds one row of bits per row of ``grad`` seen as
+    ``(bits.shape[0], -1)`` (a row of a kernel's rows, or a sample of the channel kernel's maps)."""
+    return take_bits_rows(grad.reshape(bits.shape[0], -1), bits).view(grad.shape)
 
 
 def _channels_native(x: Tensor, dim: int, k: int) -> bool:
@@ -346,8 +353,9 @@ def threshold_keep(
     whole slice, as with :func:`threshold_mask`.
 
     Equals ``keep_masked(x, threshold_mask(selection_scores(x, ...), k, dim), relu=relu)``; on CPU float32 one
-    kernel pass per row selects and writes the output (along another dim than the last after moving it last,
-    as :func:`select_and_keep`), and the backward keeps one bit per entry instead of a bool mask.
+    kernel pass per row selects and writes the output (along other dims as :func:`select_and_keep`: the
+    channels of contiguous maps in their layout, else after moving the dim last), and the backward keeps one
+    bit per entry instead of a bool mask.
 
     Returns:
         ``(output, counts)``: ``counts`` (None unless asked), how many slices kept each index along ``dim``.
@@ -361,9 +369,12 @@ def threshold_keep(
     n = x.shape[dim]
     check_k(k, n)
     if native_applies(x, dim) and (boost_factors is None or boost_factors.shape == (n,)):
-        out, kept = _KeepAtLeastRows.apply(x, k, boost_factors, by_magnitude, relu, counts)
+        out, kept = _KeepAtLeast.apply(x, k, boost_factors, by_magnitude, relu, counts, keep_at_least_rows)
         return out, kept
     boost = _per_index(boost_factors, x, dim)
+    if _channels_native(x, dim, k) and (boost_factors is None or boost is not None):
+        out, kept = _KeepAtLeast.apply(x, k, boost, by_magnitude, relu, counts, keep_at_least_channels)
+        return out, kept
     if _native_elsewhere(x, dim) and (boost_factors is None or boost is not None):
         out, kept = threshold_keep(
             x.movedim(dim, -1), k, by_magnitude=by_magnitude, boost_factors=boost, relu=relu, counts=counts
@@ -374,23 +385,31 @@ def threshold_keep(
     return keep_masked(x, mask, relu=relu), kept
 
 
-class _KeepAtLeastRows(torch.autograd.Function):
-    """:func:`threshold_keep` by the native kernel; the backward keeps one bit per entry."""
+class _KeepAtLeast(torch.autograd.Function):
+    """:func:`threshold_keep` by a native kernel (``keep_at_least_rows`` or ``keep_at_least_channels``); the
+    backward keeps one bit per entry."""
 
     @staticmethod
     def forward(
-        ctx: Any, x: Tensor, k: int, boost: Tensor | None, by_magnitude: bool, relu: bool, counts: bool
+        ctx: Any,
+        x: Tensor,
+        k: int,
+        boost: Tensor | None,
+        by_magnitude: bool,
+        relu: bool,
+        counts: bool,
+        kernel: Callable[..., tuple[Tensor, Tensor, Tensor | None]],
     ) -> tuple[Tensor, Tensor | None]:
-        out, bits, kept = keep_at_least_rows(x, k, boost=boost, by_magnitude=by_magnitude, relu=relu, counts=counts)
+        out, bits, kept = kernel(x, k, boost=boost, by_magnitude=by_magnitude, relu=relu, counts=counts)
         ctx.save_for_backward(bits)
         ctx.set_materialize_grads(False)
         return out, kept
 
     @staticmethod
     @first_order_only
-    def backward(ctx: Any, grad: Tensor, *_: Any) -> tuple[Tensor, None, None, None, None, None]:
+    def backward(ctx: Any, grad: Tensor, *_: Any) -> tuple[Tensor, None, None, None, None, None, None]:
         (bits,) = ctx.saved_tensors
-        return take_bits_rows(grad, bits), None, None, None, None, None
+        return _passed_by_bits(grad, bits), None, None, None, None, None, None
 
 
 def k_sparse(x: Tensor, k: int, *, dim: int = -1, by_magnitude: bool = False, relu: bool = False) -> Tensor:

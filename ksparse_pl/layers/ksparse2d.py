@@ -26,9 +26,9 @@ class KSparse2d(SparseActivation):
     (channel mode) or ``k / (C*H*W)`` (global mode).
 
     On CPU float32, channel mode selects with compiled kernels: on a contiguous input with at most 16 winners
-    per position, in the input's own layout; otherwise (more winners, a channels-last input, ``threshold_mode``)
-    on a channels-last copy, returning its output in that layout (``torch.channels_last``; convolutions take it
-    as it is, ``view`` needs ``reshape`` instead).
+    per position, in the input's own layout; otherwise (more winners, a channels-last input) on a channels-last
+    copy, returning its output in that layout (``torch.channels_last``; convolutions take it as it is, ``view``
+    needs ``reshape`` instead).
 
     Args:
         channels: number of channels ``C``.

@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from ksparse_pl.functional.native import native_enabled
-from ksparse_pl.functional.native_topk import CHANNELS_MAX_K, select_channels, select_rows, take_bits_rows
+from ksparse_pl.functional.native_topk import (
+    CHANNELS_MAX_K,
+    keep_at_least_channels,
+    keep_at_least_rows,
+    select_channels,
+    select_rows,
+    take_bits_rows,
+)
 from ksparse_pl.functional.selection import select_and_keep
 
 pytestmark = pytest.mark.skipif(not native_enabled(), reason="no C compiler to build the kernels")
@@ -58,6 +65,30 @@ def test_same_winners_output_counts_and_gradient_bits_as_the_row_kernel(
         passes = winner & ~(x <= 0) if relu else winner
         ones = torch.ones(shape[0], x[0].numel())
         assert torch.equal(take_bits_rows(ones, got.bits).view(shape), passes.float())
+
+
+@pytest.mark.parametrize("vectorized", [True, False], ids=["vectorized", "portable"])
+@pytest.mark.parametrize("maps", list(MAPS))
+@pytest.mark.parametrize(("shape", "k"), [((3, 12, 5, 6), 3), ((2, 5, 3), 5), ((1, 20, 13), CHANNELS_MAX_K)])
+def test_threshold_mode_keeps_what_the_row_kernel_keeps(
+    shape: tuple[int, ...], k: int, maps: str, vectorized: bool
+) -> None:
+    # ties at the k-th score kept, and the whole position where a NaN is among the k largest
+    torch.manual_seed(sum(shape) + k)
+    x = MAPS[maps](shape)
+    for boost, by_magnitude, relu in [(None, False, False), (torch.rand(shape[1]) + 0.5, True, True)]:
+        out, bits, counts = keep_at_least_channels(
+            x, k, boost=boost, by_magnitude=by_magnitude, relu=relu, counts=True, vectorized=vectorized
+        )
+        rows = x.movedim(1, -1).contiguous()
+        out_rows, bits_rows, counts_rows = keep_at_least_rows(
+            rows, k, boost=boost, by_magnitude=by_magnitude, relu=relu, counts=True
+        )
+        torch.testing.assert_close(out, out_rows.movedim(-1, 1), rtol=0, atol=0, equal_nan=True)
+        assert torch.equal(counts, counts_rows)
+        ones = torch.ones(rows.shape)
+        passes_rows = take_bits_rows(ones, bits_rows).movedim(-1, 1)
+        assert torch.equal(take_bits_rows(torch.ones(shape[0], x[0].numel()), bits).view(shape), passes_rows)
 
 
 def test_select_and_keep_over_channels_equals_the_channels_last_path() -> None:

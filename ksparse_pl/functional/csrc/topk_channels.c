@@ -41,9 +41,12 @@ static inline int32_t key_of_score(float v, float factor, int by_magnitude) {
 /* One group of LANES positions of one sample: channel c of lane l at x[c * stride + l].  Writes out (same
  * layout), idx[j * LANES + l] = the j-th winning channel of lane l (ascending), and per channel the lanes it
  * won (won[c]) and where its gradient passes (pass[c]: won, and with relu not x <= 0, as torch's ReLU lets a
- * NaN's gradient through), as bit l of a byte. */
+ * NaN's gradient through), as bit l of a byte.  keep_ties (threshold mode): every channel whose key is at
+ * least the k-th largest wins, ties included, and all of them where a NaN is among the k largest (as the
+ * minimum of the k largest, the threshold, is NaN then); idx is then meaningless. */
 static void select_group_portable(const float *x, int64_t stride, int64_t channels, int64_t k, const float *boost,
-                                  int by_magnitude, int relu, float *out, int32_t *idx, uint8_t *won, uint8_t *pass) {
+                                  int by_magnitude, int relu, int keep_ties, float *out, int32_t *idx, uint8_t *won,
+                                  uint8_t *pass) {
     int32_t top[MAX_K][LANES], key[LANES], kth[LANES], ties[LANES], taken[LANES];
     for (int64_t j = 0; j < k; j++)
         for (int l = 0; l < LANES; l++) top[j][l] = INT32_MIN; /* below every key: -inf's is INT32_MIN + 2^23 - 1 */
@@ -61,6 +64,10 @@ static void select_group_portable(const float *x, int64_t stride, int64_t channe
         kth[l] = top[k - 1][l];
         ties[l] = 1; /* how many keys equal to the k-th win: k minus the keys above it, all among the top k */
         for (int64_t j = 0; j < k - 1; j++) ties[l] += top[j][l] == kth[l];
+        if (keep_ties) { /* no tie budget; with a NaN on top, a threshold below every key */
+            ties[l] = INT32_MAX;
+            kth[l] = top[0][l] == INT32_MAX ? INT32_MIN : kth[l];
+        }
         taken[l] = 0;
     }
     for (int64_t c = 0; c < channels; c++) {
@@ -96,7 +103,7 @@ __attribute__((target("avx2"))) static __m256i keys_avx2(const float *x, __m256 
  * below, so that the kept keys stay in registers (slots past k hold the next largest keys, and no winner). */
 __attribute__((target("avx2"), always_inline)) static inline void select_group_avx2(
     const float *x, int64_t stride, int64_t channels, int64_t k, const float *boost, int by_magnitude, int relu,
-    float *out, int32_t *idx, uint8_t *won, uint8_t *pass, const int kcap) {
+    int keep_ties, float *out, int32_t *idx, uint8_t *won, uint8_t *pass, const int kcap) {
     __m256i top[MAX_K], slot[MAX_K];
     __m256 magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(by_magnitude ? 0x7FFFFFFF : -1)), zero = _mm256_setzero_ps();
     for (int j = 0; j < kcap; j++) top[j] = _mm256_set1_epi32(INT32_MIN);
@@ -113,6 +120,11 @@ __attribute__((target("avx2"), always_inline)) static inline void select_group_a
         if (j == k - 1) kth = top[j];
     for (int j = 0; j < kcap; j++)
         if (j < k - 1) ties = _mm256_sub_epi32(ties, _mm256_cmpeq_epi32(top[j], kth));
+    if (keep_ties) {
+        ties = _mm256_set1_epi32(INT32_MAX);
+        __m256i nan_on_top = _mm256_cmpeq_epi32(top[0], _mm256_set1_epi32(INT32_MAX));
+        kth = _mm256_blendv_epi8(kth, _mm256_set1_epi32(INT32_MIN), nan_on_top);
+    }
     for (int j = 0; j < kcap; j++) slot[j] = _mm256_setzero_si256();
     for (int64_t c = 0; c < channels; c++) {
         __m256i key = keys_avx2(x + c * stride, _mm256_set1_ps(boost ? boost[c] : 1.0f), magnitude);
@@ -137,8 +149,8 @@ __attribute__((target("avx2"), always_inline)) static inline void select_group_a
 #define SELECT_GROUP_AVX2(kcap)                                                                                    \
     __attribute__((target("avx2"))) static void select_group_avx2_##kcap(                                         \
         const float *x, int64_t stride, int64_t channels, int64_t k, const float *boost, int by_magnitude, int relu, \
-        float *out, int32_t *idx, uint8_t *won, uint8_t *pass) {                                                   \
-        select_group_avx2(x, stride, channels, k, boost, by_magnitude, relu, out, idx, won, pass, kcap);           \
+        int keep_ties, float *out, int32_t *idx, uint8_t *won, uint8_t *pass) {                                    \
+        select_group_avx2(x, stride, channels, k, boost, by_magnitude, relu, keep_ties, out, idx, won, pass, kcap); \
     }
 SELECT_GROUP_AVX2(2)
 SELECT_GROUP_AVX2(4)
@@ -146,15 +158,15 @@ SELECT_GROUP_AVX2(8)
 SELECT_GROUP_AVX2(16)
 #endif
 
-typedef void (*group_fn)(const float *, int64_t, int64_t, int64_t, const float *, int, int, float *, int32_t *,
+typedef void (*group_fn)(const float *, int64_t, int64_t, int64_t, const float *, int, int, int, float *, int32_t *,
                          uint8_t *, uint8_t *);
 
 typedef struct {
     const float *x, *boost;
-    int by_magnitude, relu;
+    int by_magnitude, relu, keep_ties;
     int64_t batch, channels, positions, k;
     float *out;
-    int64_t *indices;
+    int64_t *indices; /* NULL with keep_ties */
     uint8_t *bits;
     group_fn select_group;
 } channel_job;
@@ -181,17 +193,18 @@ static void select_positions(const channel_job *job, int64_t b, int64_t p, int l
     const float *x = job->x + b * C * P + p;
     float *out = job->out + b * C * P + p;
     if (lanes == LANES) {
-        job->select_group(x, P, C, k, job->boost, job->by_magnitude, job->relu, out, idx, won, pass);
+        job->select_group(x, P, C, k, job->boost, job->by_magnitude, job->relu, job->keep_ties, out, idx, won, pass);
     } else {
         for (int64_t c = 0; c < C; c++)
             for (int l = 0; l < LANES; l++) tmp_x[c * LANES + l] = l < lanes ? x[c * P + l] : 0.0f;
-        job->select_group(tmp_x, LANES, C, k, job->boost, job->by_magnitude, job->relu, tmp_out, idx, won, pass);
+        job->select_group(tmp_x, LANES, C, k, job->boost, job->by_magnitude, job->relu, job->keep_ties, tmp_out, idx,
+                          won, pass);
         for (int64_t c = 0; c < C; c++)
             for (int l = 0; l < lanes; l++) out[c * P + l] = tmp_out[c * LANES + l];
     }
     unsigned valid = (1u << lanes) - 1;
     uint8_t *bit_row = job->bits + b * ((C * P + 7) / 8);
-    for (int64_t j = 0; j < k; j++)
+    for (int64_t j = 0; job->indices && j < k; j++)
         for (int l = 0; l < lanes; l++) job->indices[(b * k + j) * P + p + l] = idx[j * LANES + l];
     for (int64_t c = 0; c < C; c++) {
         or_bits(bit_row, c * P + p, pass[c] & valid);
@@ -199,15 +212,10 @@ static void select_positions(const channel_job *job, int64_t b, int64_t p, int l
     }
 }
 
-/* Per sample of x (batch, channels, positions) and position: out = x at the k largest scores over the
- * channels (ReLU'd if relu), 0 elsewhere; indices (batch, k, positions) the winning channels, ascending; bits
- * (batch, ceil(channels * positions / 8)), bit c * positions + p of a sample's row set where the gradient
- * passes (as in ksparse_keep_at_least_rows); if counts (channels,), zeroed by the caller: at how many
- * positions each channel won.  vectorized = 0 takes the portable code even where AVX2 is available (tests).
- * Returns 1 for k outside [1, min(MAX_K, channels)], 2 if the buffers could not be allocated. */
-int ksparse_select_channels(const float *x, const float *boost, int by_magnitude, int relu, float *out,
-                            int64_t *indices, uint8_t *bits, int64_t *counts, int64_t batch, int64_t channels,
-                            int64_t positions, int64_t k, int vectorized, int threads) {
+/* Both entry points below; indices NULL with keep_ties. */
+static int run_channels(const float *x, const float *boost, int by_magnitude, int relu, int keep_ties, float *out,
+                        int64_t *indices, uint8_t *bits, int64_t *counts, int64_t batch, int64_t channels,
+                        int64_t positions, int64_t k, int vectorized, int threads) {
     if (k < 1 || k > MAX_K || k > channels) return 1;
     group_fn select_group = select_group_portable;
 #ifdef KSPARSE_X86
@@ -219,7 +227,8 @@ int ksparse_select_channels(const float *x, const float *boost, int by_magnitude
 #else
     (void)vectorized;
 #endif
-    channel_job job = {x, boost, by_magnitude, relu, batch, channels, positions, k, out, indices, bits, select_group};
+    channel_job job = {x,   boost,   by_magnitude, relu, keep_ties, batch, channels, positions, k,
+                       out, indices, bits,         select_group};
     threads = threads_for(batch * channels * positions, threads);
     if (threads > batch) threads = batch > 0 ? (int)batch : 1;
     /* per thread: tmp_x, tmp_out (LANES per channel), counts (one per channel), won, pass (a byte per channel) */
@@ -261,4 +270,27 @@ int ksparse_select_channels(const float *x, const float *boost, int by_magnitude
     }
     free(work);
     return 0;
+}
+
+/* Per sample of x (batch, channels, positions) and position: out = x at the k largest scores over the
+ * channels (ReLU'd if relu), 0 elsewhere; indices (batch, k, positions) the winning channels, ascending; bits
+ * (batch, ceil(channels * positions / 8)), bit c * positions + p of a sample's row set where the gradient
+ * passes (as in ksparse_keep_at_least_rows); if counts (channels,), zeroed by the caller: at how many
+ * positions each channel won.  vectorized = 0 takes the portable code even where AVX2 is available (tests).
+ * Returns 1 for k outside [1, min(MAX_K, channels)], 2 if the buffers could not be allocated. */
+int ksparse_select_channels(const float *x, const float *boost, int by_magnitude, int relu, float *out,
+                            int64_t *indices, uint8_t *bits, int64_t *counts, int64_t batch, int64_t channels,
+                            int64_t positions, int64_t k, int vectorized, int threads) {
+    return run_channels(x, boost, by_magnitude, relu, 0, out, indices, bits, counts, batch, channels, positions, k,
+                        vectorized, threads);
+}
+
+/* Threshold mode of ksparse_select_channels: every score at least the position's k-th largest is kept (ties
+ * and NaN included, and the whole position where a NaN is among the k largest), as ksparse_keep_at_least_rows
+ * does along rows; no indices. */
+int ksparse_keep_at_least_channels(const float *x, const float *boost, int by_magnitude, int relu, float *out,
+                                   uint8_t *bits, int64_t *counts, int64_t batch, int64_t channels, int64_t positions,
+                                   int64_t k, int vectorized, int threads) {
+    return run_channels(x, boost, by_magnitude, relu, 1, out, NULL, bits, counts, batch, channels, positions, k,
+                        vectorized, threads);
 }
