@@ -99,6 +99,8 @@ def _library() -> ctypes.CDLL | None:
     lib.ksparse_select_channels.argtypes = [pointer, pointer, flag, flag, *[pointer] * 4, *[i64] * 4, flag, flag]
     # the same without indices
     lib.ksparse_keep_at_least_channels.argtypes = [pointer, pointer, flag, flag, *[pointer] * 3, *[i64] * 4, flag, flag]
+    # (grad, indices, factors, batch, channels, positions, k, threads)
+    lib.ksparse_scale_channel_winners.argtypes = [pointer, pointer, pointer, *[i64] * 4, flag]
     # (src, bits, dst, rows, n, threads)
     lib.ksparse_take_bits_rows.argtypes = [pointer, pointer, pointer, i64, i64, ctypes.c_int]
     lib.ksparse_take_bits_rows.restype = None

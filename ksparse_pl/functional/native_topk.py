@@ -172,6 +172,31 @@ def keep_at_least_channels(
     return _run_channels("keep_at_least_channels", x, k, None, boost, by_magnitude, relu, counts, vectorized)
 
 
+def scale_channel_winners_(grad: Tensor, indices: Tensor, factors: Tensor) -> Tensor:
+    """Multiply ``grad`` (a contiguous float32 ``(B, C, ...)`` map) in place by ``factors`` at the winners
+    ``indices`` of :func:`select_channels` (both ``(B, k, ...)``): the winners' gradient factors; returns ``grad``."""
+    batch, channels = grad.shape[:2]
+    k = indices.shape[1]
+    if indices.shape != (batch, k, *grad.shape[2:]) or factors.shape != indices.shape:
+        raise ValueError(
+            f"scale_channel_winners_: expected `indices` and `factors` shaped {(batch, k, *grad.shape[2:])}, but got "
+            f"{tuple(indices.shape)} and {tuple(factors.shape)}."
+        )
+    indices, factors = indices.contiguous(), factors.to(torch.float32).contiguous()
+    if library().ksparse_scale_channel_winners(
+        grad.data_ptr(),
+        indices.data_ptr(),
+        factors.data_ptr(),
+        batch,
+        channels,
+        math.prod(grad.shape[2:]),
+        k,
+        torch.get_num_threads(),
+    ):
+        raise IndexError(f"scale_channel_winners_: an index in `indices` is outside [0, {channels}).")
+    return grad
+
+
 def _run_channels(
     caller: str,
     x: Tensor,

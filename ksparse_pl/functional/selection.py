@@ -21,6 +21,7 @@ from ksparse_pl.functional.native_topk import (
     keep_at_least_channels,
     keep_at_least_rows,
     native_applies,
+    scale_channel_winners_,
     select_channels,
     select_rows,
     take_bits_rows,
@@ -179,7 +180,7 @@ class _SelectRows(torch.autograd.Function):
 
 class _SelectChannels(torch.autograd.Function):
     """:func:`select_and_keep` over the channels (dim 1) of ``(B, C, ...)`` maps by the channel kernel, in their
-    own layout; the backward keeps one bit per entry (and with ``grad_scale_of``'s factors, a map of them)."""
+    own layout; the backward keeps one bit per entry (and with ``grad_scale_of``'s factors, them and the winners)."""
 
     @staticmethod
     def forward(
@@ -194,9 +195,7 @@ class _SelectChannels(torch.autograd.Function):
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         selection = select_channels(x, k, boost=boost, by_magnitude=by_magnitude, relu=relu, counts=counts)
         grad_scale = _grad_scale(grad_scale_of, selection.indices, selection.counts)
-        # each winner's factor at its entry; the bits zero the others' gradient whatever stands there
-        scale = None if grad_scale is None else torch.ones_like(x).scatter_(1, selection.indices, grad_scale.to(x))
-        ctx.save_for_backward(selection.bits, scale)
+        ctx.save_for_backward(selection.bits, None if grad_scale is None else selection.indices, grad_scale)
         ctx.mark_non_differentiable(selection.indices)
         ctx.set_materialize_grads(False)
         return selection.output, selection.indices, selection.counts
@@ -204,9 +203,11 @@ class _SelectChannels(torch.autograd.Function):
     @staticmethod
     @first_order_only
     def backward(ctx: Any, grad: Tensor, *_: Any) -> tuple[Tensor, None, None, None, None, None, None]:
-        bits, scale = ctx.saved_tensors
+        bits, indices, grad_scale = ctx.saved_tensors
         passed = _passed_by_bits(grad, bits)
-        return (passed if scale is None else passed * scale), None, None, None, None, None, None
+        if grad_scale is not None:  # k of C entries per position: scaled where they are, not by a (B, C, ...) map
+            scale_channel_winners_(passed, indices, grad_scale)
+        return passed, None, None, None, None, None, None
 
 
 def _passed_by_bits(grad: Tensor, bits: Tensor) -> Tensor:

@@ -10,6 +10,7 @@ from ksparse_pl.functional.native_topk import (
     CHANNELS_MAX_K,
     keep_at_least_channels,
     keep_at_least_rows,
+    scale_channel_winners_,
     select_channels,
     select_rows,
     take_bits_rows,
@@ -130,3 +131,15 @@ def test_more_winners_than_the_kernel_keeps_take_the_row_kernel() -> None:
     out, indices, _ = select_and_keep(x, k, dim=1)
     assert out.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(indices, select_rows(x.movedim(1, -1).contiguous(), k).indices.movedim(-1, 1))
+
+
+def test_scale_channel_winners_multiplies_the_winners_entries_in_place() -> None:
+    grad = torch.ones(1, 3, 2)
+    indices, factors = torch.tensor([[[2, 0]]]), torch.tensor([[[5.0, 7.0]]])  # k = 1 at each of 2 positions
+    assert scale_channel_winners_(grad, indices, factors) is grad
+    assert grad.tolist() == [[[1.0, 7.0], [1.0, 1.0], [5.0, 1.0]]]
+    with pytest.raises(IndexError, match=r"outside \[0, 3\)"):
+        scale_channel_winners_(grad, torch.tensor([[[3, 0]]]), factors)
+    assert grad.tolist() == [[[1.0, 7.0], [1.0, 1.0], [5.0, 1.0]]]  # unchanged by the refused call
+    with pytest.raises(ValueError, match="shaped"):
+        scale_channel_winners_(grad, indices, factors[..., :1])

@@ -294,3 +294,23 @@ int ksparse_keep_at_least_channels(const float *x, const float *boost, int by_ma
     return run_channels(x, boost, by_magnitude, relu, 1, out, NULL, bits, counts, batch, channels, positions, k,
                         vectorized, threads);
 }
+
+/* grad[b, indices[b, j, p], p] *= factors[b, j, p] for grad (batch, channels, positions) and indices, factors
+ * (batch, k, positions): the winners' gradient factors (sensitivity), in place.  Returns 1, having changed
+ * nothing, if an index lies outside [0, channels). */
+int ksparse_scale_channel_winners(float *grad, const int64_t *indices, const float *factors, int64_t batch,
+                                  int64_t channels, int64_t positions, int64_t k, int threads) {
+    int64_t count = batch * k * positions;
+    for (int64_t i = 0; i < count; i++)
+        if ((uint64_t)indices[i] >= (uint64_t)channels) return 1;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(threads_for(count, threads)) schedule(static)
+#endif
+    for (int64_t b = 0; b < batch; b++)
+        for (int64_t j = 0; j < k; j++)
+            for (int64_t p = 0; p < positions; p++) {
+                int64_t at = (b * k + j) * positions + p;
+                grad[(b * channels + indices[at]) * positions + p] *= factors[at];
+            }
+    return 0;
+}
