@@ -219,6 +219,7 @@ static int run_channels(const float *x, const float *boost, int by_magnitude, in
     if (k < 1 || k > MAX_K || k > channels) return 1;
     group_fn select_group = select_group_portable;
 #ifdef KSPARSE_X86
+    __builtin_cpu_init(); /* done by ksparse_init too; cheap, and this file then needs nothing from it */
     if (vectorized && __builtin_cpu_supports("avx2"))
         select_group = k <= 2   ? select_group_avx2_2
                        : k <= 4 ? select_group_avx2_4
