@@ -82,6 +82,7 @@ def _library() -> ctypes.CDLL | None:
         flag,  # by_magnitude
         pointer,  # indices
         pointer,  # dst
+        pointer,  # bits
         flag,  # relu
         pointer,  # counts
         i64,  # rows

@@ -32,6 +32,9 @@ class RowSelection(NamedTuple):
     indices: Tensor  #: ``(..., k)`` int64, ascending along the last dim
     output: Tensor | None  #: like ``x``: ``x`` at the winners (ReLU'd with ``relu``), 0 elsewhere
     counts: Tensor | None  #: ``(n,)`` int64: in how many rows each column won
+    #: with ``output``: ``(rows, ceil(n / 8))`` uint8, where the output's gradient passes (at the winners, and
+    #: with ``relu`` not where ``x <= 0``), for :func:`take_bits_rows`
+    bits: Tensor | None
 
 
 def select_rows(
@@ -47,9 +50,10 @@ def select_rows(
     """The ``k`` largest scores of every row (last dim) of ``x``, with the sparse output and winner counts.
 
     The scores are ``x`` (``|x|`` with ``by_magnitude``), times ``boost`` (``(n,)``) if given: computed per
-    row inside the kernel, so no scores tensor is built, and the output is written while the row is in
-    cache. NaN ranks above every number, ``-0.0`` ties with ``0.0``, and among tied scores the lower index
-    wins. ``x`` must be a float32 CPU tensor and ``k`` in ``[1, n]`` (checked by the callers).
+    row inside the kernel, so no scores tensor is built, and the output (with one bit per entry of where its
+    gradient passes) is written while the row is in cache. NaN ranks above every number, ``-0.0`` ties with
+    ``0.0``, and among tied scores the lower index wins. ``x`` must be a float32 CPU tensor and ``k`` in
+    ``[1, n]`` (checked by the callers).
     """
     lib = library()
     n = x.shape[-1]
@@ -57,6 +61,7 @@ def select_rows(
     rows = _as_rows(x)
     indices = torch.empty(rows.shape[0], k, dtype=torch.int64)
     out = torch.empty_like(rows) if output else None
+    bits = torch.empty(rows.shape[0], (n + 7) // 8, dtype=torch.uint8) if output else None
     wins = torch.zeros(n, dtype=torch.int64) if counts else None
     if rows.shape[0] and lib.ksparse_select_rows(
         rows.data_ptr(),
@@ -64,6 +69,7 @@ def select_rows(
         int(by_magnitude),
         indices.data_ptr(),
         None if out is None else out.data_ptr(),
+        None if bits is None else bits.data_ptr(),
         int(relu),
         None if wins is None else wins.data_ptr(),
         rows.shape[0],
@@ -76,7 +82,7 @@ def select_rows(
     if x.dim() != 2:
         indices = indices.view(*x.shape[:-1], k)
         out = None if out is None else out.view(x.shape)
-    return RowSelection(indices, out, wins)
+    return RowSelection(indices, out, wins, bits)
 
 
 def keep_at_least_rows(

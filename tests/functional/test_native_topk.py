@@ -26,6 +26,20 @@ def topk_rows(scores: torch.Tensor, k: int) -> torch.Tensor:
     return select_rows(scores, k).indices
 
 
+def unpacked(bits: torch.Tensor, n: int) -> torch.Tensor:
+    """The ``(rows, n)`` booleans packed in ``bits`` (bit ``i % 8`` of byte ``i // 8``); the spare bits must be 0."""
+    every = bits.unsqueeze(-1).bitwise_right_shift(torch.arange(8, dtype=torch.uint8)).bitwise_and(1).bool()
+    every = every.flatten(-2)
+    assert not every[:, n:].any(), "a bit past the row's last entry is set"
+    return every[:, :n]
+
+
+def passing(x: torch.Tensor, winners: torch.Tensor, relu: bool) -> torch.Tensor:
+    """Where the gradient of the sparse output passes: at the winners, and with relu not where x <= 0 (NaN does)."""
+    won = torch.zeros(x.shape, dtype=torch.bool).scatter(-1, winners, True)
+    return won & ~(x <= 0) if relu else won
+
+
 ROWS = {
     "normal": lambda b, n: torch.randn(b, n),
     "relu (ties at zero)": lambda b, n: torch.randn(b, n).relu(),
@@ -54,6 +68,7 @@ def test_same_winners_and_output_as_a_stable_sort(rows: str, n: int, k: int) -> 
     assert torch.equal(result.indices, winners)
     expected = torch.zeros_like(scores).scatter(1, winners, scores.gather(1, winners))
     torch.testing.assert_close(result.output, expected, rtol=0, atol=0, equal_nan=True)
+    assert torch.equal(unpacked(result.bits, n), passing(scores, winners, relu=False))
 
 
 @pytest.mark.parametrize("rows", ["normal", "relu (ties at zero)", "NaN and infinities"])
@@ -75,8 +90,24 @@ def test_scores_output_and_counts_in_one_pass(rows: str, by_magnitude: bool, boo
     assert torch.equal(result.indices, winners)
     torch.testing.assert_close(result.output, expected, rtol=0, atol=0, equal_nan=True)
     assert torch.equal(result.counts, torch.bincount(winners.reshape(-1), minlength=700))
+    assert torch.equal(unpacked(result.bits, 700), passing(x, winners, relu))
     plain = select_rows(x, 35, boost=boost, by_magnitude=by_magnitude)
-    assert plain.output is None and plain.counts is None and torch.equal(plain.indices, winners)
+    assert plain.output is None and plain.counts is None and plain.bits is None
+    assert torch.equal(plain.indices, winners)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_the_gradient_bits_of_tied_rows_are_written_whole(relu: bool) -> None:
+    # A tie at the k-th score leaves no threshold that separates the winners, so their bits are set one by
+    # one; the rest of the row must be cleared, whatever the memory held before (here: freed memory of ones,
+    # what the allocator most often hands out next), and with relu a winner <= 0 passes no gradient.
+    x = torch.tensor([[2.0, -1.0, 0.0, -1.0, 3.0, -1.0, -1.0, 1.0, -1.0, -2.0, -1.0] * 3] * 4)
+    winners = reference_winners(x, 12)  # the four positive entries, the zeros and five of the twelve -1
+    for _ in range(5):
+        torch.full((4, 5), 255, dtype=torch.uint8)  # freed at once
+        result = select_rows(x, 12, output=True, relu=relu)
+        assert torch.equal(result.indices, winners)
+        assert torch.equal(unpacked(result.bits, 33), passing(x, winners, relu))
 
 
 def test_boost_of_the_wrong_shape_is_refused() -> None:

@@ -108,11 +108,18 @@ static void scores_portable(const float *x, const float *boost, int by_magnitude
 }
 
 /* The sparse output of a row whose winners are exactly the scores s >= t: x there (ReLU'd if relu), 0
- * elsewhere.  One pass while the row is in cache, instead of zeroing the output and scattering the winners. */
-static void write_above_portable(const float *s, const float *x, float t, int relu, int64_t n, float *dst) {
+ * elsewhere.  One pass while the row is in cache, instead of zeroing the output and scattering the winners.
+ * If bits is not NULL, bit i of it (one byte per 8 scores, the last byte's spare bits 0) is set where the
+ * gradient passes: at the winners, and with relu where not x <= 0 (as torch's ReLU, a NaN passes it). */
+static void write_above_portable(const float *s, const float *x, float t, int relu, int64_t n, float *dst,
+                                 uint8_t *bits) {
     for (int64_t i = 0; i < n; i++) {
+        int won = s[i] >= t;
         float v = relu && x[i] < 0.0f ? 0.0f : x[i];
-        dst[i] = s[i] >= t ? v : 0.0f;
+        dst[i] = won ? v : 0.0f;
+        if (!bits) continue;
+        if (i % 8 == 0) bits[i / 8] = 0;
+        bits[i / 8] |= (uint8_t)((won && (!relu || !(x[i] <= 0.0f))) << (i % 8));
     }
 }
 
@@ -278,15 +285,17 @@ __attribute__((target("avx2"))) static void scores_avx2(const float *x, const fl
 
 /* write_above_portable; _mm256_max_ps(0, v) is v for a NaN v, as v < 0 is false there. */
 __attribute__((target("avx2"))) static void write_above_avx2(const float *s, const float *x, float t, int relu,
-                                                             int64_t n, float *dst) {
+                                                             int64_t n, float *dst, uint8_t *bits) {
     int64_t body = n - n % 8;
     __m256 tv = _mm256_set1_ps(t), zero = _mm256_setzero_ps();
     for (int64_t i = 0; i < body; i += 8) {
         __m256 v = _mm256_loadu_ps(x + i);
+        __m256 won = _mm256_cmp_ps(_mm256_loadu_ps(s + i), tv, _CMP_GE_OQ);
+        if (bits) bits[i / 8] = (uint8_t)_mm256_movemask_ps(relu ? _mm256_and_ps(won, _mm256_cmp_ps(v, zero, _CMP_NLE_UQ)) : won);
         if (relu) v = _mm256_max_ps(zero, v);
-        _mm256_storeu_ps(dst + i, _mm256_and_ps(_mm256_cmp_ps(_mm256_loadu_ps(s + i), tv, _CMP_GE_OQ), v));
+        _mm256_storeu_ps(dst + i, _mm256_and_ps(won, v));
     }
-    write_above_portable(s + body, x + body, t, relu, n - body, dst + body);
+    write_above_portable(s + body, x + body, t, relu, n - body, dst + body, bits ? bits + body / 8 : NULL);
 }
 
 /* keep_at_least_portable, 8 scores at a time (the tail starts at a multiple of 8, so at a whole byte). */
@@ -325,7 +334,7 @@ static int64_t (*count_at_least)(const float *, int64_t, float) = count_portable
 static int64_t (*collect_at_least)(const float *, const int32_t *, int64_t, float, int32_t *, float *) = collect_portable;
 static int64_t (*keys_below)(const float *, int64_t, float, uint32_t *) = keys_below_portable;
 static void (*row_scores)(const float *, const float *, int, int64_t, float *) = scores_portable;
-static void (*write_above)(const float *, const float *, float, int, int64_t, float *) = write_above_portable;
+static void (*write_above)(const float *, const float *, float, int, int64_t, float *, uint8_t *) = write_above_portable;
 static void (*keep_at_least)(const float *, const float *, float, int, int64_t, float *, uint8_t *,
                              int32_t *) = keep_at_least_portable;
 static void (*take_bits)(const float *, const uint8_t *, int64_t, float *) = take_bits_portable;
@@ -566,7 +575,8 @@ typedef struct {
     float *dst;         /* (rows, n) out, or NULL: x at the winners (ReLU'd if relu), 0 elsewhere */
     int relu;
     int64_t *counts;    /* (n,) out, or NULL: how many rows each column won in */
-    uint8_t *bits;      /* threshold mode: (rows, (n + 7) / 8) out, see keep_at_least_portable; else NULL */
+    uint8_t *bits;      /* (rows, (n + 7) / 8) out, or NULL: where the gradient passes, see write_above_portable */
+    int keep_ties;      /* threshold mode (bits then required): see keep_at_least_portable */
     int64_t n, k;
     normal_guess guess;
 } select_job;
@@ -598,6 +608,15 @@ static int write_row(const float *src, const int64_t *idx, const float *factors,
     return 1;
 }
 
+/* The bits of write_above_portable for the winners idx of a row (when no threshold separates them). */
+static void winner_bits(const float *x, const int64_t *idx, int relu, int64_t n, int64_t k, uint8_t *bits) {
+    memset(bits, 0, (n + 7) / 8);
+    for (int64_t j = 0; j < k; j++) {
+        int64_t i = idx[j];
+        if (!relu || !(x[i] <= 0.0f)) bits[i / 8] |= (uint8_t)(1u << (i % 8));
+    }
+}
+
 /* The k-th largest score of a row: the smallest of its winners' (NaN if one of them is NaN, as torch's amin). */
 static float kth_score(const float *s, const int64_t *idx, int64_t k) {
     float m = INFINITY;
@@ -617,7 +636,7 @@ static void *select_slice(void *arg) {
     /* the work space: n + 8 for the whole vectors the AVX2 kernels store; scores, counts: n; threshold mode
      * also keeps a row's winners (k) and counts in int32 lanes (n) */
     char *work = malloc((n + 8) * 5 * sizeof(float) + n * (sizeof(float) + sizeof(int64_t)) +
-                        (job->bits ? k * sizeof(int64_t) + n * sizeof(int32_t) : 0));
+                        (job->keep_ties ? k * sizeof(int64_t) + n * sizeof(int32_t) : 0));
     if (!work) return (void *)1;
     work_space w;
     w.cand = (int32_t *)work;
@@ -630,27 +649,30 @@ static void *select_slice(void *arg) {
     int64_t *own_idx = counts + n;
     int32_t *hits = (int32_t *)(own_idx + k);
     if (job->counts) memset(counts, 0, n * sizeof(int64_t));
-    if (job->bits) memset(hits, 0, n * sizeof(int32_t));
+    if (job->keep_ties) memset(hits, 0, n * sizeof(int32_t));
     for (int64_t row = sl->begin; row < sl->end; row++) {
         const float *x = job->x + row * n, *s = x;
-        int64_t *idx = job->bits ? own_idx : job->indices + row * k;
+        int64_t *idx = job->keep_ties ? own_idx : job->indices + row * k;
         if (scored) {
             row_scores(x, job->boost, job->by_magnitude, n, scores);
             s = scores;
         }
         float threshold = select_row(s, n, k, &job->guess, idx, &w);
-        if (job->bits) {
-            keep_at_least(s, x, kth_score(s, idx, k), job->relu, n, job->dst + row * n, job->bits + row * bytes, hits);
+        uint8_t *bits = job->bits ? job->bits + row * bytes : NULL;
+        if (job->keep_ties) {
+            keep_at_least(s, x, kth_score(s, idx, k), job->relu, n, job->dst + row * n, bits, hits);
             continue;
         }
-        if (job->dst && !isnan(threshold))
-            write_above(s, x, threshold, job->relu, n, job->dst + row * n);
-        else if (job->dst)
+        if (job->dst && !isnan(threshold)) {
+            write_above(s, x, threshold, job->relu, n, job->dst + row * n, bits);
+        } else if (job->dst) {
             write_row(x, idx, NULL, job->relu, n, k, job->dst + row * n); /* idx in range by construction */
+            if (bits) winner_bits(x, idx, job->relu, n, k, bits);
+        }
         if (job->counts)
             for (int64_t j = 0; j < k; j++) counts[idx[j]]++;
     }
-    if (job->counts && job->bits)
+    if (job->counts && job->keep_ties)
         for (int64_t i = 0; i < n; i++) counts[i] = hits[i];
     if (job->counts) {
 #ifdef _OPENMP
@@ -700,12 +722,14 @@ static normal_guess guess_of(float z, float z_low) {
 }
 
 /* Per row of x (rows, n): indices = the k largest scores (x, or |x| if by_magnitude, times boost if not
- * NULL), ascending; if dst, the sparse output (x at the winners, ReLU'd if relu); if counts (zeroed by the
- * caller), how many rows each column won in.  z, z_low: the normal quantiles of 1 - k/n and 1 - 2k/n (NaN
- * for no compaction; see select_by_threshold).  Returns nonzero if a thread could not allocate its buffers. */
-int ksparse_select_rows(const float *x, const float *boost, int by_magnitude, int64_t *indices, float *dst, int relu,
-                        int64_t *counts, int64_t rows, int64_t n, int64_t k, float z, float z_low, int threads) {
-    select_job job = {x, boost, by_magnitude, indices, dst, relu, counts, NULL, n, k, guess_of(z, z_low)};
+ * NULL), ascending; if dst, the sparse output (x at the winners, ReLU'd if relu), and if also bits
+ * (rows, (n + 7) / 8), where its gradient passes (see write_above_portable); if counts (zeroed by the caller),
+ * how many rows each column won in.  z, z_low: the normal quantiles of 1 - k/n and 1 - 2k/n (NaN for no
+ * compaction; see select_by_threshold).  Returns nonzero if a thread could not allocate its buffers. */
+int ksparse_select_rows(const float *x, const float *boost, int by_magnitude, int64_t *indices, float *dst,
+                        uint8_t *bits, int relu, int64_t *counts, int64_t rows, int64_t n, int64_t k, float z,
+                        float z_low, int threads) {
+    select_job job = {x, boost, by_magnitude, indices, dst, relu, counts, bits, 0, n, k, guess_of(z, z_low)};
     return run_rows(select_slice, &job, rows, n, threads);
 }
 
@@ -716,7 +740,7 @@ int ksparse_select_rows(const float *x, const float *boost, int by_magnitude, in
 int ksparse_keep_at_least_rows(const float *x, const float *boost, int by_magnitude, float *dst, uint8_t *bits,
                                int relu, int64_t *counts, int64_t rows, int64_t n, int64_t k, float z, float z_low,
                                int threads) {
-    select_job job = {x, boost, by_magnitude, NULL, dst, relu, counts, bits, n, k, guess_of(z, z_low)};
+    select_job job = {x, boost, by_magnitude, NULL, dst, relu, counts, bits, 1, n, k, guess_of(z, z_low)};
     return run_rows(select_slice, &job, rows, n, threads);
 }
 
