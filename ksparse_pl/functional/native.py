@@ -102,8 +102,9 @@ def _library() -> ctypes.CDLL | None:
     lib.ksparse_keep_at_least_channels.argtypes = [pointer, pointer, flag, flag, *[pointer] * 3, *[i64] * 4, flag, flag]
     # (grad, indices, factors, batch, channels, positions, k, threads)
     lib.ksparse_scale_channel_winners.argtypes = [pointer, pointer, pointer, *[i64] * 4, flag]
-    # (src, bits, indices, factors, dst, rows, n, k, threads)
-    lib.ksparse_take_bits_rows.argtypes = [pointer, pointer, pointer, pointer, pointer, i64, i64, i64, ctypes.c_int]
+    # (src, bits, dst, rows, n, threads)
+    lib.ksparse_take_bits_rows.argtypes = [pointer, pointer, pointer, i64, i64, ctypes.c_int]
+    lib.ksparse_take_bits_rows.restype = None
     # (matrix or source, indices, coefficients or source, out, batch, k, m, d, threads)
     for name in ("ksparse_gather_rows", "ksparse_dot_rows", "ksparse_scatter_rows"):
         getattr(lib, name).argtypes = [pointer, pointer, pointer, pointer, i64, i64, i64, i64, ctypes.c_int]

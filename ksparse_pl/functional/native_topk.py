@@ -244,10 +244,8 @@ def _run_channels(
     return out, bits, wins
 
 
-def take_bits_rows(src: Tensor, bits: Tensor, indices: Tensor | None = None, factors: Tensor | None = None) -> Tensor:
-    """A tensor like ``src``: ``src`` where the bit of ``bits`` (from :func:`select_rows` or
-    :func:`keep_at_least_rows`) is set, 0 elsewhere; with ``indices`` and ``factors`` (both ``(..., k)``), the
-    entries at ``indices`` then multiplied by ``factors``, each row while it is in cache."""
+def take_bits_rows(src: Tensor, bits: Tensor) -> Tensor:
+    """A tensor like ``src``: ``src`` where the bit of :func:`keep_at_least_rows`' ``bits`` is set, 0 elsewhere."""
     n = src.shape[-1]
     rows = _as_rows(src)
     if bits.dtype != torch.uint8 or bits.shape != (rows.shape[0], (n + 7) // 8) or not bits.is_contiguous():
@@ -255,22 +253,11 @@ def take_bits_rows(src: Tensor, bits: Tensor, indices: Tensor | None = None, fac
             f"take_bits_rows: expected contiguous uint8 `bits` of shape {(rows.shape[0], (n + 7) // 8)}, but got "
             f"{bits.dtype} {tuple(bits.shape)}."
         )
-    if (indices is None) != (factors is None):
-        raise ValueError("take_bits_rows: `indices` and `factors` go together; got only one of them.")
-    index_rows, factor_rows = (None, None) if indices is None else _winner_rows(src, indices, factors, "take_bits_rows")
     out = torch.empty_like(rows)
-    if rows.shape[0] and library().ksparse_take_bits_rows(
-        rows.data_ptr(),
-        bits.data_ptr(),
-        None if index_rows is None else index_rows.data_ptr(),
-        None if factor_rows is None else factor_rows.data_ptr(),
-        out.data_ptr(),
-        rows.shape[0],
-        n,
-        0 if index_rows is None else index_rows.shape[-1],
-        torch.get_num_threads(),
-    ):
-        raise IndexError(f"take_bits_rows: an index in `indices` is outside [0, {n}) (the last dim of `src`).")
+    if rows.shape[0]:
+        library().ksparse_take_bits_rows(
+            rows.data_ptr(), bits.data_ptr(), out.data_ptr(), rows.shape[0], n, torch.get_num_threads()
+        )
     return out if src.dim() == 2 else out.view(src.shape)
 
 
@@ -306,8 +293,19 @@ def take_rows(src: Tensor, indices: Tensor, factors: Tensor | None = None, relu:
     """A tensor like ``src``, zero but at ``indices`` (last dim), where it holds ``src`` (ReLU'd) * ``factors``."""
     lib = library()
     n, k = src.shape[-1], indices.shape[-1]
-    index_rows, factor_rows = _winner_rows(src, indices, factors, "take_rows")
+    if indices.dtype != torch.int64 or indices.device.type != "cpu" or indices.shape[:-1] != src.shape[:-1]:
+        raise ValueError(
+            f"take_rows: expected int64 CPU `indices` shaped {(*src.shape[:-1], k)}, but got {indices.dtype} "
+            f"{tuple(indices.shape)} on {indices.device}."
+        )
+    if factors is not None and (factors.device.type != "cpu" or factors.shape != indices.shape):
+        raise ValueError(
+            f"take_rows: expected CPU `factors` shaped like `indices` {tuple(indices.shape)}, but got "
+            f"{tuple(factors.shape)} on {factors.device}."
+        )
     rows = _as_rows(src)
+    index_rows = _as_rows(indices)
+    factor_rows = None if factors is None else _as_rows(factors.to(torch.float32))
     # The kernel zeroes each row and writes its winners in one visit, on torch's threads.
     out = torch.empty_like(rows)
     if rows.shape[0] and lib.ksparse_take_rows(
@@ -323,20 +321,3 @@ def take_rows(src: Tensor, indices: Tensor, factors: Tensor | None = None, relu:
     ):
         raise IndexError(f"take_rows: an index in `indices` is outside [0, {n}) (the last dim of `src`).")
     return out if src.dim() == 2 else out.view(src.shape)
-
-
-def _winner_rows(src: Tensor, indices: Tensor, factors: Tensor | None, caller: str) -> tuple[Tensor, Tensor | None]:
-    """``indices`` and ``factors`` as the kernels read them (``(rows, k)`` int64 and float32), checked to hold
-    ``k`` winners for every row of ``src``."""
-    k = indices.shape[-1]
-    if indices.dtype != torch.int64 or indices.device.type != "cpu" or indices.shape[:-1] != src.shape[:-1]:
-        raise ValueError(
-            f"{caller}: expected int64 CPU `indices` shaped {(*src.shape[:-1], k)}, but got {indices.dtype} "
-            f"{tuple(indices.shape)} on {indices.device}."
-        )
-    if factors is not None and (factors.device.type != "cpu" or factors.shape != indices.shape):
-        raise ValueError(
-            f"{caller}: expected CPU `factors` shaped like `indices` {tuple(indices.shape)}, but got "
-            f"{tuple(factors.shape)} on {factors.device}."
-        )
-    return _as_rows(indices), None if factors is None else _as_rows(factors.to(torch.float32))

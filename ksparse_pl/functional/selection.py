@@ -151,9 +151,9 @@ class _KeepWinnersRows(torch.autograd.Function):
 class _SelectRows(torch.autograd.Function):
     """:func:`select_and_keep` by the native kernel: selection, output and counts in one pass over ``x``.
 
-    The backward keeps one bit per entry and reads the gradient in order (with ``grad_scale_of``'s factors, also
-    the winners and one factor each, applied to a row while it is in cache): zeroing a gradient and gathering
-    the winners' entries into it cost about half as much again, as the gathers miss the caches in a training step.
+    The backward keeps one bit per entry and reads the gradient in order (with ``grad_scale_of``'s factors, the
+    winners and one factor each): zeroing a gradient and gathering the winners' entries into it cost about half
+    as much again, as the gathers miss the caches in a training step.
     """
 
     @staticmethod
@@ -169,8 +169,10 @@ class _SelectRows(torch.autograd.Function):
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         selection = select_rows(x, k, boost=boost, by_magnitude=by_magnitude, output=True, relu=relu, counts=counts)
         grad_scale = _grad_scale(grad_scale_of, selection.indices, selection.counts)
-        # a winner ReLU zeroed has no bit, so its factor needs no 0
-        ctx.save_for_backward(selection.bits, None if grad_scale is None else selection.indices, grad_scale)
+        if grad_scale is None:
+            ctx.save_for_backward(selection.bits, None, None)
+        else:
+            ctx.save_for_backward(None, selection.indices, _winner_factors(x, selection.indices, relu, grad_scale))
         ctx.mark_non_differentiable(selection.indices)
         # Only the output is differentiable, so its gradient is always given; without this autograd would
         # also fill a (B, k) int64 tensor of zeros as the indices' "gradient" before every backward.
@@ -180,8 +182,9 @@ class _SelectRows(torch.autograd.Function):
     @staticmethod
     @first_order_only
     def backward(ctx: Any, grad: Tensor, *_: Any) -> tuple[Tensor, None, None, None, None, None, None]:
-        bits, indices, grad_scale = ctx.saved_tensors
-        return _passed_by_bits(grad, bits, indices, grad_scale), None, None, None, None, None, None
+        bits, indices, factors = ctx.saved_tensors
+        passed = take_rows(grad, indices, factors) if bits is None else _passed_by_bits(grad, bits)
+        return passed, None, None, None, None, None, None
 
 
 class _SelectChannels(torch.autograd.Function):
@@ -216,14 +219,10 @@ class _SelectChannels(torch.autograd.Function):
         return passed, None, None, None, None, None, None
 
 
-def _passed_by_bits(grad: Tensor, bits: Tensor, indices: Tensor | None = None, factors: Tensor | None = None) -> Tensor:
-    """``grad`` where its bit is set, 0 elsewhere, and with ``indices`` (of a row kernel) times ``factors`` there:
-    ``bits`` holds one row of bits per row of ``grad`` seen as ``(bits.shape[0], -1)`` (a row of a kernel's rows,
-    or a sample of the channel kernel's maps)."""
-    rows = bits.shape[0]
-    if indices is not None and factors is not None:
-        indices, factors = indices.reshape(rows, -1), factors.reshape(rows, -1)
-    return take_bits_rows(grad.reshape(rows, -1), bits, indices, factors).view(grad.shape)
+def _passed_by_bits(grad: Tensor, bits: Tensor) -> Tensor:
+    """``grad`` where its bit is set, 0 elsewhere: ``bits`` holds one row of bits per row of ``grad`` seen as
+    ``(bits.shape[0], -1)`` (a row of a kernel's rows, or a sample of the channel kernel's maps)."""
+    return take_bits_rows(grad.reshape(bits.shape[0], -1), bits).view(grad.shape)
 
 
 def _channels_native(x: Tensor, dim: int, k: int) -> bool:

@@ -198,21 +198,6 @@ def test_take_rows_keeps_only_the_indexed_entries() -> None:
     assert out.tolist() == [[0.0, 0, 0, 0, 0, 0.0], [0, 2.0, 9.0, 0, 0, 0]]
 
 
-def test_take_bits_rows_scales_the_given_winners() -> None:
-    src = torch.arange(10.0).view(2, 5) + 1
-    bits = torch.tensor([[0b10011], [0b00110]], dtype=torch.uint8)  # row 0 passes 0, 1, 4; row 1 passes 1, 2
-    assert take_bits_rows(src, bits).tolist() == [[1.0, 2, 0, 0, 5], [0, 7, 8, 0, 0]]
-    # factors at winners 4, 0 of row 0 and 1, 3 of row 1; entry 3 has no bit (ReLU zeroed it), so it stays 0
-    indices, factors = torch.tensor([[4, 0], [1, 3]]), torch.tensor([[2.0, 3.0], [0.5, 4.0]])
-    assert take_bits_rows(src, bits, indices, factors).tolist() == [[3.0, 2, 0, 0, 10], [0, 3.5, 8, 0, 0]]
-    with pytest.raises(IndexError, match=r"outside \[0, 5\)"):
-        take_bits_rows(src, bits, torch.tensor([[4, 5], [1, 3]]), factors)
-    with pytest.raises(ValueError, match="`indices` and `factors` go together"):
-        take_bits_rows(src, bits, indices)
-    with pytest.raises(ValueError, match=r"take_bits_rows: expected CPU `factors` shaped like `indices` \(2, 2\)"):
-        take_bits_rows(src, bits, indices, torch.ones(2, 3))
-
-
 def test_batch_of_rows_equals_rows_one_at_a_time() -> None:
     torch.manual_seed(3)
     x = torch.randn(32, 300)

@@ -747,37 +747,25 @@ int ksparse_keep_at_least_rows(const float *x, const float *boost, int by_magnit
 typedef struct {
     const float *src;
     const uint8_t *bits;
-    const int64_t *indices; /* (rows, k), or NULL: the winners whose entries are scaled by factors */
-    const float *factors;
     float *dst;
-    int64_t n, k;
+    int64_t n;
 } bits_job;
 
 static void *take_bits_slice(void *arg) {
     const slice *sl = arg;
     const bits_job *job = sl->job;
-    int64_t n = job->n, k = job->k, bytes = (n + 7) / 8;
-    for (int64_t row = sl->begin; row < sl->end; row++) {
-        float *dst = job->dst + row * n;
-        take_bits(job->src + row * n, job->bits + row * bytes, n, dst);
-        if (!job->indices) continue;
-        const int64_t *idx = job->indices + row * k;
-        const float *factors = job->factors + row * k;
-        for (int64_t j = 0; j < k; j++) { /* while the row is in cache */
-            if ((uint64_t)idx[j] >= (uint64_t)n) return (void *)1;
-            dst[idx[j]] *= factors[j];
-        }
-    }
+    int64_t bytes = (job->n + 7) / 8;
+    for (int64_t row = sl->begin; row < sl->end; row++)
+        take_bits(job->src + row * job->n, job->bits + row * bytes, job->n, job->dst + row * job->n);
     return NULL;
 }
 
-/* dst[r, i] = src[r, i] where bit i of row r of bits (rows, (n + 7) / 8) is set, 0 elsewhere: the backward of
- * top-k and threshold mode.  If indices, dst[r, indices[r, j]] is then multiplied by factors[r, j] (both
- * (rows, k); sensitivity).  Returns nonzero if an index lies outside [0, n) (dst is then incomplete). */
-int ksparse_take_bits_rows(const float *src, const uint8_t *bits, const int64_t *indices, const float *factors,
-                           float *dst, int64_t rows, int64_t n, int64_t k, int threads) {
-    bits_job job = {src, bits, indices, factors, dst, n, k};
-    return run_rows(take_bits_slice, &job, rows, n, threads);
+/* dst[r, i] = src[r, i] where bit i of row r of bits (rows, (n + 7) / 8) is set, 0 elsewhere: threshold
+ * mode's backward. */
+void ksparse_take_bits_rows(const float *src, const uint8_t *bits, float *dst, int64_t rows, int64_t n,
+                            int threads) {
+    bits_job job = {src, bits, dst, n};
+    run_rows(take_bits_slice, &job, rows, n, threads);
 }
 
 /* dst[r, :] = 0 but dst[r, indices[r, j]] = src[r, indices[r, j]] (ReLU'd if relu) * factors[r, j].
