@@ -291,7 +291,8 @@ __attribute__((target("avx2"))) static void write_above_avx2(const float *s, con
     for (int64_t i = 0; i < body; i += 8) {
         __m256 v = _mm256_loadu_ps(x + i);
         __m256 won = _mm256_cmp_ps(_mm256_loadu_ps(s + i), tv, _CMP_GE_OQ);
-        if (bits) bits[i / 8] = (uint8_t)_mm256_movemask_ps(relu ? _mm256_and_ps(won, _mm256_cmp_ps(v, zero, _CMP_NLE_UQ)) : won);
+        __m256 passes = relu ? _mm256_and_ps(won, _mm256_cmp_ps(v, zero, _CMP_NLE_UQ)) : won;
+        if (bits) bits[i / 8] = (uint8_t)_mm256_movemask_ps(passes);
         if (relu) v = _mm256_max_ps(zero, v);
         _mm256_storeu_ps(dst + i, _mm256_and_ps(won, v));
     }
