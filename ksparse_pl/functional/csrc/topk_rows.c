@@ -335,7 +335,8 @@ static int64_t (*count_at_least)(const float *, int64_t, float) = count_portable
 static int64_t (*collect_at_least)(const float *, const int32_t *, int64_t, float, int32_t *, float *) = collect_portable;
 static int64_t (*keys_below)(const float *, int64_t, float, uint32_t *) = keys_below_portable;
 static void (*row_scores)(const float *, const float *, int, int64_t, float *) = scores_portable;
-static void (*write_above)(const float *, const float *, float, int, int64_t, float *, uint8_t *) = write_above_portable;
+static void (*write_above)(const float *, const float *, float, int, int64_t, float *,
+                           uint8_t *) = write_above_portable;
 static void (*keep_at_least)(const float *, const float *, float, int, int64_t, float *, uint8_t *,
                              int32_t *) = keep_at_least_portable;
 static void (*take_bits)(const float *, const uint8_t *, int64_t, float *) = take_bits_portable;
