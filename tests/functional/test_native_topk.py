@@ -102,10 +102,11 @@ def test_the_gradient_bits_of_tied_rows_are_written_whole(relu: bool) -> None:
     # one; the rest of the row must be cleared, whatever the memory held before (here: freed memory of ones,
     # what the allocator most often hands out next), and with relu a winner <= 0 passes no gradient.
     x = torch.tensor([[2.0, -1.0, 0.0, -1.0, 3.0, -1.0, -1.0, 1.0, -1.0, -2.0, -1.0] * 3] * 4)
-    winners = reference_winners(x, 12)  # the four positive entries, the zeros and five of the twelve -1
+    winners = reference_winners(x, 15)  # the nine positive entries, the three zeros and three of the eighteen -1
+    assert (x.gather(1, winners) == -1).sum(1).tolist() == [3] * 4
     for _ in range(5):
         torch.full((4, 5), 255, dtype=torch.uint8)  # freed at once
-        result = select_rows(x, 12, output=True, relu=relu)
+        result = select_rows(x, 15, output=True, relu=relu)
         assert torch.equal(result.indices, winners)
         assert torch.equal(unpacked(result.bits, 33), passing(x, winners, relu))
 
