@@ -109,15 +109,14 @@ static void scores_portable(const float *x, const float *boost, int by_magnitude
 
 /* The sparse output of a row whose winners are exactly the scores s >= t: x there (ReLU'd if relu), 0
  * elsewhere.  One pass while the row is in cache, instead of zeroing the output and scattering the winners.
- * If bits is not NULL, bit i of it (one byte per 8 scores, the last byte's spare bits 0) is set where the
- * gradient passes: at the winners, and with relu where not x <= 0 (as torch's ReLU, a NaN passes it). */
+ * Bit i of bits (one byte per 8 scores, the last byte's spare bits 0) is set where the gradient passes: at the
+ * winners, and with relu where not x <= 0 (as torch's ReLU, a NaN passes it). */
 static void write_above_portable(const float *s, const float *x, float t, int relu, int64_t n, float *dst,
                                  uint8_t *bits) {
     for (int64_t i = 0; i < n; i++) {
         int won = s[i] >= t;
         float v = relu && x[i] < 0.0f ? 0.0f : x[i];
         dst[i] = won ? v : 0.0f;
-        if (!bits) continue;
         if (i % 8 == 0) bits[i / 8] = 0;
         bits[i / 8] |= (uint8_t)((won && (!relu || !(x[i] <= 0.0f))) << (i % 8));
     }
@@ -283,37 +282,81 @@ __attribute__((target("avx2"))) static void scores_avx2(const float *x, const fl
     scores_portable(x + body, boost ? boost + body : NULL, by_magnitude, n - body, out + body);
 }
 
-/* write_above_portable; _mm256_max_ps(0, v) is v for a NaN v, as v < 0 is false there. */
-__attribute__((target("avx2"))) static void write_above_avx2(const float *s, const float *x, float t, int relu,
-                                                             int64_t n, float *dst, uint8_t *bits) {
-    int64_t body = n - n % 8;
-    __m256 tv = _mm256_set1_ps(t), zero = _mm256_setzero_ps();
-    for (int64_t i = 0; i < body; i += 8) {
-        __m256 v = _mm256_loadu_ps(x + i);
-        __m256 won = _mm256_cmp_ps(_mm256_loadu_ps(s + i), tv, _CMP_GE_OQ);
-        __m256 passes = relu ? _mm256_and_ps(won, _mm256_cmp_ps(v, zero, _CMP_NLE_UQ)) : won;
-        if (bits) bits[i / 8] = (uint8_t)_mm256_movemask_ps(passes);
-        if (relu) v = _mm256_max_ps(zero, v);
-        _mm256_storeu_ps(dst + i, _mm256_and_ps(won, v));
-    }
-    write_above_portable(s + body, x + body, t, relu, n - body, dst + body, bits ? bits + body / 8 : NULL);
+/* One vector of write_above_portable: the output of 8 scores to dst; returns the bits of where their gradient
+ * passes.  _mm256_max_ps(0, v) is v for a NaN v, as v < 0 is false there. */
+__attribute__((target("avx2"), always_inline)) static inline unsigned write_above8(const float *s, const float *x,
+                                                                                   __m256 tv, int relu, float *dst) {
+    __m256 v = _mm256_loadu_ps(x), zero = _mm256_setzero_ps();
+    __m256 won = _mm256_cmp_ps(_mm256_loadu_ps(s), tv, _CMP_GE_OQ);
+    __m256 passes = relu ? _mm256_and_ps(won, _mm256_cmp_ps(v, zero, _CMP_NLE_UQ)) : won;
+    if (relu) v = _mm256_max_ps(zero, v);
+    _mm256_storeu_ps(dst, _mm256_and_ps(won, v));
+    return (unsigned)_mm256_movemask_ps(passes);
 }
 
-/* keep_at_least_portable, 8 scores at a time (the tail starts at a multiple of 8, so at a whole byte). */
+/* write_above8 over the first n - n % 8 scores.  The bits are stored 32 at a time (x86 is little-endian: the
+ * first 8 go to the first byte): with a byte store after every vector store the pass took twice as long on
+ * Zen 3.  Always inlined, so that the calls below get a loop each for relu and not relu. */
+__attribute__((target("avx2"), always_inline)) static inline void write_above_body(const float *s, const float *x,
+                                                                                   float t, int relu, int64_t n,
+                                                                                   float *dst, uint8_t *bits) {
+    int64_t words = n - n % 32;
+    __m256 tv = _mm256_set1_ps(t);
+    for (int64_t i = 0; i < words; i += 32) {
+        uint32_t word = 0;
+        for (int j = 0; j < 32; j += 8) word |= write_above8(s + i + j, x + i + j, tv, relu, dst + i + j) << j;
+        memcpy(bits + i / 8, &word, sizeof word);
+    }
+    for (int64_t i = words; i < n - n % 8; i += 8)
+        bits[i / 8] = (uint8_t)write_above8(s + i, x + i, tv, relu, dst + i);
+}
+
+/* write_above_portable (the tail starts at a multiple of 8, so at a whole byte). */
+__attribute__((target("avx2"))) static void write_above_avx2(const float *s, const float *x, float t, int relu,
+                                                             int64_t n, float *dst, uint8_t *bits) {
+    if (relu) write_above_body(s, x, t, 1, n, dst, bits);
+    else write_above_body(s, x, t, 0, n, dst, bits);
+    int64_t body = n - n % 8;
+    write_above_portable(s + body, x + body, t, relu, n - body, dst + body, bits + body / 8);
+}
+
+/* One vector of keep_at_least_portable: the output of 8 scores to dst and their hits; returns their bits. */
+__attribute__((target("avx2"), always_inline)) static inline unsigned keep_at_least8(const float *s, const float *x,
+                                                                                     __m256 tv, int relu, float *dst,
+                                                                                     int32_t *hits) {
+    __m256 v = _mm256_loadu_ps(x), zero = _mm256_setzero_ps();
+    __m256 kept = _mm256_cmp_ps(_mm256_loadu_ps(s), tv, _CMP_NLT_UQ);
+    __m256 passes = relu ? _mm256_and_ps(kept, _mm256_cmp_ps(v, zero, _CMP_NLE_UQ)) : kept;
+    if (relu) v = _mm256_max_ps(zero, v);
+    _mm256_storeu_ps(dst, _mm256_and_ps(kept, v));
+    __m256i h = _mm256_loadu_si256((const __m256i *)hits); /* a kept lane is -1 */
+    _mm256_storeu_si256((__m256i *)hits, _mm256_sub_epi32(h, _mm256_castps_si256(kept)));
+    return (unsigned)_mm256_movemask_ps(passes);
+}
+
+/* keep_at_least8 over the first n - n % 8 scores, the bits stored as in write_above_body. */
+__attribute__((target("avx2"), always_inline)) static inline void keep_at_least_body(const float *s, const float *x,
+                                                                                     float kth, int relu, int64_t n,
+                                                                                     float *dst, uint8_t *bits,
+                                                                                     int32_t *hits) {
+    int64_t words = n - n % 32;
+    __m256 tv = _mm256_set1_ps(kth);
+    for (int64_t i = 0; i < words; i += 32) {
+        uint32_t word = 0;
+        for (int j = 0; j < 32; j += 8)
+            word |= keep_at_least8(s + i + j, x + i + j, tv, relu, dst + i + j, hits + i + j) << j;
+        memcpy(bits + i / 8, &word, sizeof word);
+    }
+    for (int64_t i = words; i < n - n % 8; i += 8)
+        bits[i / 8] = (uint8_t)keep_at_least8(s + i, x + i, tv, relu, dst + i, hits + i);
+}
+
+/* keep_at_least_portable (the tail starts at a multiple of 8, so at a whole byte). */
 __attribute__((target("avx2"))) static void keep_at_least_avx2(const float *s, const float *x, float kth, int relu,
                                                                int64_t n, float *dst, uint8_t *bits, int32_t *hits) {
+    if (relu) keep_at_least_body(s, x, kth, 1, n, dst, bits, hits);
+    else keep_at_least_body(s, x, kth, 0, n, dst, bits, hits);
     int64_t body = n - n % 8;
-    __m256 tv = _mm256_set1_ps(kth), zero = _mm256_setzero_ps();
-    for (int64_t i = 0; i < body; i += 8) {
-        __m256 v = _mm256_loadu_ps(x + i);
-        __m256 kept = _mm256_cmp_ps(_mm256_loadu_ps(s + i), tv, _CMP_NLT_UQ);
-        __m256 passes = relu ? _mm256_and_ps(kept, _mm256_cmp_ps(v, zero, _CMP_NLE_UQ)) : kept;
-        if (relu) v = _mm256_max_ps(zero, v);
-        _mm256_storeu_ps(dst + i, _mm256_and_ps(kept, v));
-        bits[i / 8] = (uint8_t)_mm256_movemask_ps(passes);
-        __m256i h = _mm256_loadu_si256((const __m256i *)(hits + i)); /* a kept lane is -1 */
-        _mm256_storeu_si256((__m256i *)(hits + i), _mm256_sub_epi32(h, _mm256_castps_si256(kept)));
-    }
     keep_at_least_portable(s + body, x + body, kth, relu, n - body, dst + body, bits + body / 8, hits + body);
 }
 
@@ -577,7 +620,7 @@ typedef struct {
     float *dst;         /* (rows, n) out, or NULL: x at the winners (ReLU'd if relu), 0 elsewhere */
     int relu;
     int64_t *counts;    /* (n,) out, or NULL: how many rows each column won in */
-    uint8_t *bits;      /* (rows, (n + 7) / 8) out, or NULL: where the gradient passes, see write_above_portable */
+    uint8_t *bits;      /* (rows, (n + 7) / 8) out with dst: where the gradient passes, see write_above_portable */
     int keep_ties;      /* threshold mode (bits then required): see keep_at_least_portable */
     int64_t n, k;
     normal_guess guess;
@@ -660,7 +703,7 @@ static void *select_slice(void *arg) {
             s = scores;
         }
         float threshold = select_row(s, n, k, &job->guess, idx, &w);
-        uint8_t *bits = job->bits ? job->bits + row * bytes : NULL;
+        uint8_t *bits = job->bits ? job->bits + row * bytes : NULL; /* not NULL with dst */
         if (job->keep_ties) {
             keep_at_least(s, x, kth_score(s, idx, k), job->relu, n, job->dst + row * n, bits, hits);
             continue;
@@ -669,7 +712,7 @@ static void *select_slice(void *arg) {
             write_above(s, x, threshold, job->relu, n, job->dst + row * n, bits);
         } else if (job->dst) {
             write_row(x, idx, NULL, job->relu, n, k, job->dst + row * n); /* idx in range by construction */
-            if (bits) winner_bits(x, idx, job->relu, n, k, bits);
+            winner_bits(x, idx, job->relu, n, k, bits);
         }
         if (job->counts)
             for (int64_t j = 0; j < k; j++) counts[idx[j]]++;
@@ -724,8 +767,8 @@ static normal_guess guess_of(float z, float z_low) {
 }
 
 /* Per row of x (rows, n): indices = the k largest scores (x, or |x| if by_magnitude, times boost if not
- * NULL), ascending; if dst, the sparse output (x at the winners, ReLU'd if relu), and if also bits
- * (rows, (n + 7) / 8), where its gradient passes (see write_above_portable); if counts (zeroed by the caller),
+ * NULL), ascending; if dst, the sparse output (x at the winners, ReLU'd if relu), and bits (rows, (n + 7) / 8,
+ * not NULL then), where its gradient passes (see write_above_portable); if counts (zeroed by the caller),
  * how many rows each column won in.  z, z_low: the normal quantiles of 1 - k/n and 1 - 2k/n (NaN for no
  * compaction; see select_by_threshold).  Returns nonzero if a thread could not allocate its buffers. */
 int ksparse_select_rows(const float *x, const float *boost, int by_magnitude, int64_t *indices, float *dst,
