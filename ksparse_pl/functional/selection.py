@@ -222,7 +222,7 @@ class _SelectChannels(torch.autograd.Function):
 def _passed_by_bits(grad: Tensor, bits: Tensor) -> Tensor:
     """``grad`` where its bit is set, 0 elsewhere: ``bits`` holds one row of bits per row of ``grad`` seen as
     ``(bits.shape[0], -1)`` (a row of a kernel's rows, or a sample of the channel kernel's maps)."""
-    if grad.dim() == 2:  # the usual (B, n); reshaping and viewing back would cost about 5 us per call
+    if grad.dim() == 2:  # the usual (B, n): reshaping it and viewing the result back cost 6-16 us per backward
         return take_bits_rows(grad, bits)
     return take_bits_rows(grad.reshape(bits.shape[0], -1), bits).view(grad.shape)
 
