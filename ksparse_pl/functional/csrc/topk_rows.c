@@ -282,80 +282,59 @@ __attribute__((target("avx2"))) static void scores_avx2(const float *x, const fl
     scores_portable(x + body, boost ? boost + body : NULL, by_magnitude, n - body, out + body);
 }
 
-/* One vector of write_above_portable: the output of 8 scores to dst; returns the bits of where their gradient
- * passes.  _mm256_max_ps(0, v) is v for a NaN v, as v < 0 is false there. */
-__attribute__((target("avx2"), always_inline)) static inline unsigned write_above8(const float *s, const float *x,
-                                                                                   __m256 tv, int relu, float *dst) {
-    __m256 v = _mm256_loadu_ps(x), zero = _mm256_setzero_ps();
-    __m256 won = _mm256_cmp_ps(_mm256_loadu_ps(s), tv, _CMP_GE_OQ);
+/* One vector of the output passes: x (ReLU'd if relu) where the score wins, 0 elsewhere, to dst; returns the bits
+ * of where the gradient passes.  A score wins at s >= t (write_above_portable), or with keep_ties where not
+ * s < t, and then also counts in hits (keep_at_least_portable).  _mm256_max_ps(0, v) is v for a NaN v, as v < 0
+ * is false there. */
+__attribute__((target("avx2"), always_inline)) static inline unsigned output8(const float *s, const float *x,
+                                                                              __m256 tv, int relu, int keep_ties,
+                                                                              float *dst, int32_t *hits) {
+    __m256 v = _mm256_loadu_ps(x), score = _mm256_loadu_ps(s), zero = _mm256_setzero_ps();
+    __m256 won = keep_ties ? _mm256_cmp_ps(score, tv, _CMP_NLT_UQ) : _mm256_cmp_ps(score, tv, _CMP_GE_OQ);
     __m256 passes = relu ? _mm256_and_ps(won, _mm256_cmp_ps(v, zero, _CMP_NLE_UQ)) : won;
     if (relu) v = _mm256_max_ps(zero, v);
     _mm256_storeu_ps(dst, _mm256_and_ps(won, v));
+    if (keep_ties) {
+        __m256i h = _mm256_loadu_si256((const __m256i *)hits); /* a winning lane is -1 */
+        _mm256_storeu_si256((__m256i *)hits, _mm256_sub_epi32(h, _mm256_castps_si256(won)));
+    }
     return (unsigned)_mm256_movemask_ps(passes);
 }
 
-/* write_above8 over the first n - n % 8 scores.  The bits are stored 32 at a time (x86 is little-endian: the
- * first 8 go to the first byte): with a byte store after every vector store the pass took twice as long on
- * Zen 3.  Always inlined, so that the calls below get a loop each for relu and not relu. */
-__attribute__((target("avx2"), always_inline)) static inline void write_above_body(const float *s, const float *x,
-                                                                                   float t, int relu, int64_t n,
-                                                                                   float *dst, uint8_t *bits) {
+/* output8 over the first n - n % 8 scores.  The bits are stored 32 at a time (x86 is little-endian: the first 8
+ * go to the first byte): with a byte store after every vector store the pass took twice as long on Zen 3.
+ * Always inlined, so that each call below gets its own loop for its constant relu and keep_ties. */
+__attribute__((target("avx2"), always_inline)) static inline void output_body(const float *s, const float *x, float t,
+                                                                              int relu, int keep_ties, int64_t n,
+                                                                              float *dst, uint8_t *bits,
+                                                                              int32_t *hits) {
     int64_t words = n - n % 32;
     __m256 tv = _mm256_set1_ps(t);
     for (int64_t i = 0; i < words; i += 32) {
         uint32_t word = 0;
-        for (int j = 0; j < 32; j += 8) word |= write_above8(s + i + j, x + i + j, tv, relu, dst + i + j) << j;
+        for (int j = 0; j < 32; j += 8)
+            word |= output8(s + i + j, x + i + j, tv, relu, keep_ties, dst + i + j, keep_ties ? hits + i + j : NULL)
+                    << j;
         memcpy(bits + i / 8, &word, sizeof word);
     }
     for (int64_t i = words; i < n - n % 8; i += 8)
-        bits[i / 8] = (uint8_t)write_above8(s + i, x + i, tv, relu, dst + i);
+        bits[i / 8] = (uint8_t)output8(s + i, x + i, tv, relu, keep_ties, dst + i, keep_ties ? hits + i : NULL);
 }
 
 /* write_above_portable (the tail starts at a multiple of 8, so at a whole byte). */
 __attribute__((target("avx2"))) static void write_above_avx2(const float *s, const float *x, float t, int relu,
                                                              int64_t n, float *dst, uint8_t *bits) {
-    if (relu) write_above_body(s, x, t, 1, n, dst, bits);
-    else write_above_body(s, x, t, 0, n, dst, bits);
+    if (relu) output_body(s, x, t, 1, 0, n, dst, bits, NULL);
+    else output_body(s, x, t, 0, 0, n, dst, bits, NULL);
     int64_t body = n - n % 8;
     write_above_portable(s + body, x + body, t, relu, n - body, dst + body, bits + body / 8);
-}
-
-/* One vector of keep_at_least_portable: the output of 8 scores to dst and their hits; returns their bits. */
-__attribute__((target("avx2"), always_inline)) static inline unsigned keep_at_least8(const float *s, const float *x,
-                                                                                     __m256 tv, int relu, float *dst,
-                                                                                     int32_t *hits) {
-    __m256 v = _mm256_loadu_ps(x), zero = _mm256_setzero_ps();
-    __m256 kept = _mm256_cmp_ps(_mm256_loadu_ps(s), tv, _CMP_NLT_UQ);
-    __m256 passes = relu ? _mm256_and_ps(kept, _mm256_cmp_ps(v, zero, _CMP_NLE_UQ)) : kept;
-    if (relu) v = _mm256_max_ps(zero, v);
-    _mm256_storeu_ps(dst, _mm256_and_ps(kept, v));
-    __m256i h = _mm256_loadu_si256((const __m256i *)hits); /* a kept lane is -1 */
-    _mm256_storeu_si256((__m256i *)hits, _mm256_sub_epi32(h, _mm256_castps_si256(kept)));
-    return (unsigned)_mm256_movemask_ps(passes);
-}
-
-/* keep_at_least8 over the first n - n % 8 scores, the bits stored as in write_above_body. */
-__attribute__((target("avx2"), always_inline)) static inline void keep_at_least_body(const float *s, const float *x,
-                                                                                     float kth, int relu, int64_t n,
-                                                                                     float *dst, uint8_t *bits,
-                                                                                     int32_t *hits) {
-    int64_t words = n - n % 32;
-    __m256 tv = _mm256_set1_ps(kth);
-    for (int64_t i = 0; i < words; i += 32) {
-        uint32_t word = 0;
-        for (int j = 0; j < 32; j += 8)
-            word |= keep_at_least8(s + i + j, x + i + j, tv, relu, dst + i + j, hits + i + j) << j;
-        memcpy(bits + i / 8, &word, sizeof word);
-    }
-    for (int64_t i = words; i < n - n % 8; i += 8)
-        bits[i / 8] = (uint8_t)keep_at_least8(s + i, x + i, tv, relu, dst + i, hits + i);
 }
 
 /* keep_at_least_portable (the tail starts at a multiple of 8, so at a whole byte). */
 __attribute__((target("avx2"))) static void keep_at_least_avx2(const float *s, const float *x, float kth, int relu,
                                                                int64_t n, float *dst, uint8_t *bits, int32_t *hits) {
-    if (relu) keep_at_least_body(s, x, kth, 1, n, dst, bits, hits);
-    else keep_at_least_body(s, x, kth, 0, n, dst, bits, hits);
+    if (relu) output_body(s, x, kth, 1, 1, n, dst, bits, hits);
+    else output_body(s, x, kth, 0, 1, n, dst, bits, hits);
     int64_t body = n - n % 8;
     keep_at_least_portable(s + body, x + body, kth, relu, n - body, dst + body, bits + body / 8, hits + body);
 }
