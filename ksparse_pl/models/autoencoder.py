@@ -14,6 +14,7 @@ from ksparse_pl import penalties
 from ksparse_pl.functional import encode_at, scale_grad, sparse_decode
 from ksparse_pl.functional._checks import check_positive_int
 from ksparse_pl.layers import KSparse, KWinners
+from ksparse_pl.layers._distributed import gather_statistics
 from ksparse_pl.metrics import FractionOfVarianceUnexplained
 from ksparse_pl.models._batch import inputs_of
 from ksparse_pl.models._probe import linear_probe_accuracy
@@ -62,7 +63,8 @@ class SparseAutoencoder(pl.LightningModule):
         penalty_target: the target rate of ``kl`` and ``mean_activation``.
         auxk: Gao et al.'s AuxK: the top-``auxk`` dead units reconstruct the residual; 0 is off.
         auxk_coefficient: its coefficient in the loss (Gao: 1/32).
-        dead_after: training samples without firing after which a unit counts as dead for AuxK.
+        dead_after: training samples without firing after which a unit counts as dead for AuxK (under DDP,
+            the samples of all processes count).
         linear_probe: at the end of fit, fit a logistic regression on the codes of the training split and
             report its test accuracy, and the same on raw inputs (needs labelled data).
         sparse_path: train without the dense ``(B, hidden_dim)`` code: the decoder sums the k winners'
@@ -204,7 +206,8 @@ class SparseAutoencoder(pl.LightningModule):
             self.log("train/penalty", penalty)
             loss = loss + hp.penalty_weight * penalty
         with torch.no_grad():
-            self.idle_samples = torch.where(fired, 0, self.idle_samples + len(x))
+            fired, samples = _fired_in_global_batch(fired, len(x))
+            self.idle_samples = torch.where(fired, 0, self.idle_samples + samples)
         if hp.auxk > 0:
             auxk = self._auxk_loss(x - recon.detach(), pre, features)
             self.log("train/auxk", auxk)
@@ -360,3 +363,15 @@ def _code_activation(name: str, width: int, k: int | None, hp: Any) -> nn.Module
         s_max=hp.s_max,
         tau=hp.tau,
     )
+
+
+def _fired_in_global_batch(fired: Tensor, samples: int) -> tuple[Tensor, Tensor]:
+    """The units that fired in any process's batch, and how many samples all processes' batches hold.
+
+    Each process sees only its share of the global batch, and DDP would otherwise leave every rank with idle
+    counts of its own (or, broadcasting rank 0's buffers, with rank 0's): one process over the global batch
+    counts every sample.
+    """
+    local = torch.cat([fired.long(), fired.new_tensor([samples], dtype=torch.long)])
+    gathered, _ = gather_statistics(local)  # (ranks, hidden_dim + 1); one row outside torch.distributed
+    return gathered[:, :-1].sum(0) > 0, gathered[:, -1].sum()

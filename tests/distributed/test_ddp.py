@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 from pathlib import Path
@@ -17,6 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ksparse_pl import KWinners, KWinners2d
 from ksparse_pl.callbacks import DutyCycleBoosting, KSchedule, LSUVInit, SensitivitySchedule
+from ksparse_pl.models import SparseAutoencoder
 
 STEPS, GLOBAL_BATCH, WORLD = 5, 16, 2
 STATE = ("duty_cycle", "sensitivity", "boost_strength", "samples_seen", "selection_count")
@@ -125,7 +127,8 @@ class SaveRankState(pl.Callback):
             torch.manual_seed(1000 + trainer.global_rank)
 
     def on_fit_start(self, trainer, pl_module):
-        torch.save(pl_module.net[0].weight.detach().clone(), Path(self.out) / f"lsuv{trainer.global_rank}.pt")
+        first_weight = next(pl_module.parameters())
+        torch.save(first_weight.detach().clone(), Path(self.out) / f"lsuv{trainer.global_rank}.pt")
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self.seen.append(batch[2].tolist())
@@ -156,6 +159,12 @@ def schedules():
     return [DutyCycleBoosting(), KSchedule(k_start=12, fraction=0.5), SensitivitySchedule(2.0, schedule="cosine")]
 
 
+def replayed_global_order(out: Path) -> list[int]:
+    """The samples of every step as the ranks saw them: rank 0's, then rank 1's (the global batch's order)."""
+    seen = [torch.load(out / f"seen{r}.pt") for r in range(2)]
+    return [i for step in range(len(seen[0])) for r in range(2) for i in seen[r][step]]
+
+
 def lightning_trainer(callbacks, devices: int) -> pl.Trainer:
     strategy = "ddp_spawn" if devices > 1 else "auto"
     return quiet_trainer(None, callbacks, accelerator="cpu", devices=devices, strategy=strategy, max_epochs=2)
@@ -173,11 +182,9 @@ def test_lightning_ddp_spawn_matches_one_process(tmp_path: Path) -> None:
         assert torch.equal(value, ranks[1][key]) if isinstance(value, torch.Tensor) else value == ranks[1][key], key
 
     # The global batch of a step is rank 0's samples, then rank 1's: replay exactly those in one process.
-    seen = [torch.load(tmp_path / f"seen{r}.pt") for r in range(2)]
-    order = [i for step in range(len(seen[0])) for r in range(2) for i in seen[r][step]]
     pl.seed_everything(0)
     single = LitNet()
-    replay = ReplayOrder(order)
+    replay = ReplayOrder(replayed_global_order(tmp_path))
     lightning_trainer(schedules(), devices=1).fit(single, DataLoader(data, batch_size=16, sampler=replay))
     for name in STATE:
         key = f"net.1.{name}"
@@ -196,3 +203,25 @@ def test_lsuv_init_gives_every_rank_rank_zeros_weights(tmp_path: Path) -> None:
     trainer.fit(LitNet(), DataLoader(data, batch_size=8))
     lsuv = [torch.load(tmp_path / f"lsuv{r}.pt") for r in range(2)]
     assert torch.equal(lsuv[0], lsuv[1])
+
+
+def test_autoencoder_idle_samples_count_the_global_batch(tmp_path: Path) -> None:
+    """AuxK's dead units: idle counts over both ranks' samples, as one process over the global batch counts."""
+    data = dataset()
+
+    def autoencoder() -> SparseAutoencoder:
+        return SparseAutoencoder(10, 32, k=2, optimizer=functools.partial(torch.optim.SGD, lr=0.05))
+
+    pl.seed_everything(0)
+    lightning_trainer([SaveRankState(str(tmp_path))], devices=2).fit(autoencoder(), DataLoader(data, batch_size=8))
+    ranks = [torch.load(tmp_path / f"fit{r}.pt") for r in range(2)]
+    pl.seed_everything(0)
+    single = autoencoder()
+    replay = ReplayOrder(replayed_global_order(tmp_path))
+    lightning_trainer([], devices=1).fit(single, DataLoader(data, batch_size=16, sampler=replay))
+    idle = single.idle_samples
+    assert torch.equal(ranks[0]["idle_samples"], idle)
+    assert torch.equal(ranks[1]["idle_samples"], idle)
+    assert (idle == 0).any() and idle.max() > 16  # units that fired last step, and units idle for longer
+    for key, value in single.state_dict().items():
+        torch.testing.assert_close(ranks[0][key], value, msg=key)
