@@ -2,8 +2,9 @@
 
 The shared library is cached in ``$KSPARSE_PL_CACHE`` (default ``$XDG_CACHE_HOME/ksparse_pl`` or
 ``~/.cache/ksparse_pl``), keyed by the sources and the compiler, so a machine compiles it once (about a
-second). Without a working compiler, or with ``KSPARSE_PL_NATIVE=0``, everything warns once and uses torch's
-own operations: the same results, except which of several tied scores win a top-k selection.
+second); a build unused for ``UNUSED_BUILD_DAYS`` (an earlier version's) is deleted when another is made.
+Without a working compiler, or with ``KSPARSE_PL_NATIVE=0``, everything warns once and uses torch's own
+operations: the same results, except which of several tied scores win a top-k selection.
 :mod:`~ksparse_pl.functional.native_topk` (rows and channels), :mod:`~ksparse_pl.functional.native_rows`,
 :mod:`~ksparse_pl.functional.native_history` and :mod:`~ksparse_pl.functional.native_duty_cycle` wrap the
 kernels.
@@ -11,6 +12,7 @@ kernels.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -18,6 +20,7 @@ import os
 import platform
 import subprocess
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -32,6 +35,8 @@ _HEADERS = [_CSRC / "threads.h"]
 _FLAGS = ["-O3", "-shared", "-fPIC"]
 # OpenMP, when the compiler has it: the library then shares torch's OpenMP runtime and thread pool.
 _PARALLEL_FLAGS = ["-fopenmp"]
+#: Days after its last use that a cached build of other sources is deleted, when a new one is built.
+UNUSED_BUILD_DAYS = 30
 
 
 def native_enabled() -> bool:
@@ -142,6 +147,8 @@ def _build_with(flags: list[str]) -> Path:
     cache = Path(os.environ.get("KSPARSE_PL_CACHE") or user_cache / "ksparse_pl")
     target = cache / f"kernels-{tag}.so"
     if target.exists():
+        with contextlib.suppress(OSError):  # its date becomes its last use, for _remove_unused_builds
+            os.utime(target)
         return target
     cache.mkdir(parents=True, exist_ok=True)
     # Build in a private folder and rename: several processes (DDP ranks) may build at once.
@@ -154,4 +161,15 @@ def _build_with(flags: list[str]) -> Path:
             timeout=300,
         )
         os.replace(built, target)
+    _remove_unused_builds(cache, target)
     return target
+
+
+def _remove_unused_builds(cache: Path, keep: Path) -> None:
+    """Delete the builds unused for ``UNUSED_BUILD_DAYS``: every version of the package (every edit of the
+    sources) leaves one, and another Python environment may still use a recent one."""
+    cutoff = time.time() - UNUSED_BUILD_DAYS * 86400
+    for old in cache.glob("kernels-*.so"):
+        with contextlib.suppress(OSError):  # removed by another process meanwhile
+            if old != keep and old.stat().st_mtime < cutoff:
+                old.unlink()

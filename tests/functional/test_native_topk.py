@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 
 from ksparse_pl.functional import k_sparse, keep_masked, keep_winners, threshold_keep, threshold_mask, topk_indices
-from ksparse_pl.functional.native import native_enabled
+from ksparse_pl.functional.native import UNUSED_BUILD_DAYS, native_enabled
 from ksparse_pl.functional.native_topk import keep_at_least_rows, select_rows, take_bits_rows, take_rows
 from ksparse_pl.functional.selection import select_and_keep
 
@@ -235,10 +237,25 @@ def test_the_library_is_built_once_into_the_cache(tmp_path) -> None:
     assert run_python(code, env).stdout.strip() == "True"
     built = list(tmp_path.glob("kernels-*.so"))
     assert len(built) == 1
-    stamp = built[0].stat().st_mtime_ns
+    inode = built[0].stat().st_ino
+    os.utime(built[0], (0, 0))
     assert run_python(code, env).stdout.strip() == "True"
-    assert built[0].stat().st_mtime_ns == stamp
+    assert built[0].stat().st_ino == inode  # not built again
+    assert built[0].stat().st_mtime > time.time() - 600  # but marked as used
     assert run_python(code, {**env, "KSPARSE_PL_NATIVE": "0"}).stdout.strip() == "False"
+
+
+def test_a_new_build_deletes_builds_unused_for_a_month(tmp_path) -> None:
+    stale, recent = tmp_path / "kernels-0000000000000000.so", tmp_path / "kernels-1111111111111111.so"
+    other = tmp_path / "notes.txt"
+    for path in (stale, recent, other):
+        path.write_bytes(b"")
+    for path, days in ((stale, UNUSED_BUILD_DAYS + 1), (other, UNUSED_BUILD_DAYS + 1), (recent, UNUSED_BUILD_DAYS - 1)):
+        os.utime(path, (time.time() - days * 86400,) * 2)
+    code = "from ksparse_pl.functional.native import native_enabled; print(native_enabled())"
+    assert run_python(code, {"PATH": "/usr/bin:/bin", "KSPARSE_PL_CACHE": str(tmp_path)}).stdout.strip() == "True"
+    assert not stale.exists() and recent.exists() and other.exists()
+    assert len(list(tmp_path.glob("kernels-*.so"))) == 2  # the recent one and the new build
 
 
 def test_bad_indices_raise_instead_of_writing_out_of_bounds() -> None:
