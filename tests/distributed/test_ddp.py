@@ -7,6 +7,7 @@ import os
 import socket
 from pathlib import Path
 
+import pytest
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
@@ -205,12 +206,14 @@ def test_lsuv_init_gives_every_rank_rank_zeros_weights(tmp_path: Path) -> None:
     assert torch.equal(lsuv[0], lsuv[1])
 
 
-def test_autoencoder_idle_samples_count_the_global_batch(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sparse_path", [False, True], ids=["dense_path", "sparse_path"])
+def test_autoencoder_idle_samples_count_the_global_batch(tmp_path: Path, sparse_path: bool) -> None:
     """AuxK's dead units: idle counts over both ranks' samples, as one process over the global batch counts."""
     data = dataset()
 
     def autoencoder() -> SparseAutoencoder:
-        return SparseAutoencoder(10, 32, k=2, optimizer=functools.partial(torch.optim.SGD, lr=0.05))
+        sgd = functools.partial(torch.optim.SGD, lr=0.05)
+        return SparseAutoencoder(10, 32, k=2, sparse_path=sparse_path, optimizer=sgd)
 
     pl.seed_everything(0)
     lightning_trainer([SaveRankState(str(tmp_path))], devices=2).fit(autoencoder(), DataLoader(data, batch_size=8))
