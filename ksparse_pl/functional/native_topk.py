@@ -29,7 +29,7 @@ def native_applies(x: Tensor, dim: int) -> bool:
 class RowSelection(NamedTuple):
     """What :func:`select_rows` returns: the winners, and what was asked for besides."""
 
-    indices: Tensor  #: ``(..., k)`` int64, ascending along the last dim
+    indices: Tensor | None  #: ``(..., k)`` int64, ascending along the last dim (None unless asked)
     output: Tensor | None  #: like ``x``: ``x`` at the winners (ReLU'd with ``relu``), 0 elsewhere
     counts: Tensor | None  #: ``(n,)`` int64: in how many rows each column won
     #: with ``output``: ``(rows, ceil(n / 8))`` uint8, where the output's gradient passes (at the winners, and
@@ -46,6 +46,7 @@ def select_rows(
     output: bool = False,
     relu: bool = False,
     counts: bool = False,
+    indices: bool = True,
 ) -> RowSelection:
     """The ``k`` largest scores of every row (last dim) of ``x``, with the sparse output and winner counts.
 
@@ -53,13 +54,13 @@ def select_rows(
     row inside the kernel, so no scores tensor is built, and the output (with one bit per entry of where its
     gradient passes) is written while the row is in cache. NaN ranks above every number, ``-0.0`` ties with
     ``0.0``, and among tied scores the lower index wins. ``x`` must be a float32 CPU tensor and ``k`` in
-    ``[1, n]`` (checked by the callers).
+    ``[1, n]`` (checked by the callers). ``indices=False`` leaves the winners' indices out (None).
     """
     lib = library()
     n = x.shape[-1]
     factors = _boost_factors(boost, n, "select_rows")
     rows = _as_rows(x)
-    indices = torch.empty(rows.shape[0], k, dtype=torch.int64)
+    winners = torch.empty(rows.shape[0], k, dtype=torch.int64) if indices else None
     out = torch.empty_like(rows) if output else None
     bits = torch.empty(rows.shape[0], (n + 7) // 8, dtype=torch.uint8) if output else None
     wins = torch.zeros(n, dtype=torch.int64) if counts else None
@@ -67,7 +68,7 @@ def select_rows(
         rows.data_ptr(),
         None if factors is None else factors.data_ptr(),
         int(by_magnitude),
-        indices.data_ptr(),
+        None if winners is None else winners.data_ptr(),
         None if out is None else out.data_ptr(),
         None if bits is None else bits.data_ptr(),
         int(relu),
@@ -80,9 +81,9 @@ def select_rows(
     ):
         raise MemoryError("ksparse_pl's top-k kernel could not allocate its row buffers")
     if x.dim() != 2:
-        indices = indices.view(*x.shape[:-1], k)
+        winners = None if winners is None else winners.view(*x.shape[:-1], k)
         out = None if out is None else out.view(x.shape)
-    return RowSelection(indices, out, wins, bits)
+    return RowSelection(winners, out, wins, bits)
 
 
 def keep_at_least_rows(
@@ -134,7 +135,8 @@ class ChannelSelection(NamedTuple):
     """What :func:`select_channels` returns."""
 
     output: Tensor  #: like ``x``: ``x`` at the winners (ReLU'd with ``relu``), 0 elsewhere
-    indices: Tensor  #: ``(B, k, ...)`` int64: the winning channels at each position, ascending along dim 1
+    #: ``(B, k, ...)`` int64: the winning channels at each position, ascending along dim 1 (None unless asked)
+    indices: Tensor | None
     bits: Tensor  #: ``(B, ceil(C * P / 8))`` uint8: where the gradient passes, for :func:`take_bits_rows`
     counts: Tensor | None  #: ``(C,)`` int64: at how many positions each channel won
 
@@ -147,6 +149,7 @@ def select_channels(
     by_magnitude: bool = False,
     relu: bool = False,
     counts: bool = False,
+    indices: bool = True,
     vectorized: bool = True,
 ) -> ChannelSelection:
     """The ``k`` largest scores over the channels (dim 1) of ``(B, C, ...)`` maps at every position, in their own
@@ -154,12 +157,13 @@ def select_channels(
 
     Scores, ties and NaN as in :func:`select_rows` (``boost``: ``(C,)``). ``bits`` marks, bit ``c * P + p`` of a
     sample's row (``P`` positions per channel), where the gradient passes, as in :func:`keep_at_least_rows`.
-    ``x`` must be a contiguous float32 CPU tensor and ``k`` in ``[1, min(C, CHANNELS_MAX_K)]``. ``vectorized=False``
-    runs the portable code that CPUs without AVX2 get (for tests).
+    ``x`` must be a contiguous float32 CPU tensor and ``k`` in ``[1, min(C, CHANNELS_MAX_K)]``. ``indices=False``
+    leaves the winners out (None), which saves the kernel a third of its time or more (it need not keep track
+    of them). ``vectorized=False`` runs the portable code that CPUs without AVX2 get (for tests).
     """
-    indices = torch.empty(x.shape[0], k, *x.shape[2:], dtype=torch.int64)
-    out, bits, wins = _run_channels("select_channels", x, k, indices, boost, by_magnitude, relu, counts, vectorized)
-    return ChannelSelection(out, indices, bits, wins)
+    winners = torch.empty(x.shape[0], k, *x.shape[2:], dtype=torch.int64) if indices else None
+    out, bits, wins = _run_channels("select_channels", x, k, winners, boost, by_magnitude, relu, counts, vectorized)
+    return ChannelSelection(out, winners, bits, wins)
 
 
 def keep_at_least_channels(
@@ -214,7 +218,8 @@ def _run_channels(
     counts: bool,
     vectorized: bool,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
-    """``(output, bits, counts)`` of the channel kernel ``ksparse_<caller>``, which writes ``indices`` where given."""
+    """``(output, bits, counts)`` of the channel kernel ``ksparse_<caller>``; ``ksparse_select_channels`` also
+    writes ``indices``, if given."""
     batch, channels = x.shape[:2]
     positions = math.prod(x.shape[2:])
     factors = _boost_factors(boost, channels, caller)
@@ -227,7 +232,7 @@ def _run_channels(
         int(by_magnitude),
         int(relu),
         out.data_ptr(),
-        *([] if indices is None else [indices.data_ptr()]),
+        *([None if indices is None else indices.data_ptr()] if caller == "select_channels" else []),
         bits.data_ptr(),
         None if wins is None else wins.data_ptr(),
         batch,

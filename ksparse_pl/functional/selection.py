@@ -18,6 +18,7 @@ from ksparse_pl.functional.boosting import winner_counts
 from ksparse_pl.functional.native import native_serves
 from ksparse_pl.functional.native_topk import (
     CHANNELS_MAX_K,
+    RowSelection,
     keep_at_least_channels,
     keep_at_least_rows,
     native_applies,
@@ -29,7 +30,7 @@ from ksparse_pl.functional.native_topk import (
 )
 
 #: ``grad_scale_of(indices, counts)`` of :func:`select_and_keep`: per-winner gradient factors, or None.
-GradScaleOf = Callable[[Tensor, Tensor | None], Tensor | None]
+GradScaleOf = Callable[[Tensor | None, Tensor | None], Tensor | None]
 
 
 def selection_scores(x: Tensor, *, by_magnitude: bool = False, boost_factors: Tensor | None = None) -> Tensor:
@@ -55,7 +56,7 @@ def topk_indices(scores: Tensor, k: int, dim: int = -1) -> Tensor:
     """
     check_k(k, scores.shape[dim])
     if native_applies(scores, dim):
-        return select_rows(scores, k).indices
+        return _winners_of(select_rows(scores, k))
     return scores.topk(k, dim=dim, sorted=False).indices
 
 
@@ -75,8 +76,14 @@ def winner_indices(
     n = x.shape[dim]
     check_k(k, n)
     if native_applies(x, dim) and (boost_factors is None or boost_factors.shape == (n,)):
-        return select_rows(x, k, boost=boost_factors, by_magnitude=by_magnitude).indices
+        return _winners_of(select_rows(x, k, boost=boost_factors, by_magnitude=by_magnitude))
     return topk_indices(selection_scores(x, by_magnitude=by_magnitude, boost_factors=boost_factors), k, dim=dim)
+
+
+def _winners_of(selection: RowSelection) -> Tensor:
+    """The indices of a selection that asked for them (``select_rows``' default)."""
+    assert selection.indices is not None
+    return selection.indices
 
 
 def threshold_mask(scores: Tensor, k: int, dim: int = -1) -> Tensor:
@@ -166,14 +173,19 @@ class _SelectRows(torch.autograd.Function):
         relu: bool,
         counts: bool,
         grad_scale_of: GradScaleOf | None,
-    ) -> tuple[Tensor, Tensor, Tensor | None]:
-        selection = select_rows(x, k, boost=boost, by_magnitude=by_magnitude, output=True, relu=relu, counts=counts)
+        indices: bool,
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        selection = select_rows(
+            x, k, boost=boost, by_magnitude=by_magnitude, output=True, relu=relu, counts=counts, indices=indices
+        )
         grad_scale = _grad_scale(grad_scale_of, selection.indices, selection.counts)
         if grad_scale is None:
             ctx.save_for_backward(selection.bits, None, None)
         else:
+            assert selection.indices is not None  # _grad_scale gives factors only for given winners
             ctx.save_for_backward(None, selection.indices, _winner_factors(x, selection.indices, relu, grad_scale))
-        ctx.mark_non_differentiable(selection.indices)
+        if selection.indices is not None:
+            ctx.mark_non_differentiable(selection.indices)
         # Only the output is differentiable, so its gradient is always given; without this autograd would
         # also fill a (B, k) int64 tensor of zeros as the indices' "gradient" before every backward.
         ctx.set_materialize_grads(False)
@@ -181,10 +193,10 @@ class _SelectRows(torch.autograd.Function):
 
     @staticmethod
     @first_order_only
-    def backward(ctx: Any, grad: Tensor, *_: Any) -> tuple[Tensor, None, None, None, None, None, None]:
+    def backward(ctx: Any, grad: Tensor, *_: Any) -> tuple[Tensor, None, None, None, None, None, None, None]:
         bits, indices, factors = ctx.saved_tensors
         passed = take_rows(grad, indices, factors) if bits is None else _passed_by_bits(grad, bits)
-        return passed, None, None, None, None, None, None
+        return passed, None, None, None, None, None, None, None
 
 
 class _SelectChannels(torch.autograd.Function):
@@ -201,22 +213,26 @@ class _SelectChannels(torch.autograd.Function):
         relu: bool,
         counts: bool,
         grad_scale_of: GradScaleOf | None,
-    ) -> tuple[Tensor, Tensor, Tensor | None]:
-        selection = select_channels(x, k, boost=boost, by_magnitude=by_magnitude, relu=relu, counts=counts)
+        indices: bool,
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        selection = select_channels(
+            x, k, boost=boost, by_magnitude=by_magnitude, relu=relu, counts=counts, indices=indices
+        )
         grad_scale = _grad_scale(grad_scale_of, selection.indices, selection.counts)
         ctx.save_for_backward(selection.bits, None if grad_scale is None else selection.indices, grad_scale)
-        ctx.mark_non_differentiable(selection.indices)
+        if selection.indices is not None:
+            ctx.mark_non_differentiable(selection.indices)
         ctx.set_materialize_grads(False)
         return selection.output, selection.indices, selection.counts
 
     @staticmethod
     @first_order_only
-    def backward(ctx: Any, grad: Tensor, *_: Any) -> tuple[Tensor, None, None, None, None, None, None]:
+    def backward(ctx: Any, grad: Tensor, *_: Any) -> tuple[Tensor, None, None, None, None, None, None, None]:
         bits, indices, grad_scale = ctx.saved_tensors
         passed = _passed_by_bits(grad, bits)
         if grad_scale is not None:  # k of C entries per position: scaled where they are, not by a (B, C, ...) map
             scale_channel_winners_(passed, indices, grad_scale)
-        return passed, None, None, None, None, None, None
+        return passed, None, None, None, None, None, None, None
 
 
 def _passed_by_bits(grad: Tensor, bits: Tensor) -> Tensor:
@@ -233,12 +249,19 @@ def _channels_native(x: Tensor, dim: int, k: int) -> bool:
     return x.dim() > 2 and dim % x.dim() == 1 and k <= CHANNELS_MAX_K and x.is_contiguous() and native_serves(x)
 
 
-def _grad_scale(grad_scale_of: GradScaleOf | None, indices: Tensor, counts: Tensor | None) -> Tensor | None:
+def _grad_scale(grad_scale_of: GradScaleOf | None, indices: Tensor | None, counts: Tensor | None) -> Tensor | None:
     """What ``grad_scale_of`` gives for these winners, checked to hold one factor per winner."""
     if grad_scale_of is None:
         return None
     scale = grad_scale_of(indices, counts)
-    if scale is not None and (not isinstance(scale, Tensor) or scale.shape != indices.shape):
+    if scale is None:
+        return None
+    if indices is None:
+        raise ValueError(
+            "select_and_keep: `grad_scale_of` returned gradient factors, but with `indices=False` there are no "
+            "winners to give them to; pass `indices=True`."
+        )
+    if not isinstance(scale, Tensor) or scale.shape != indices.shape:
         got = f"shape {tuple(scale.shape)}" if isinstance(scale, Tensor) else type(scale).__name__
         raise ValueError(
             f"select_and_keep: `grad_scale_of` must return None or one factor per winner, shaped like the indices "
@@ -282,7 +305,8 @@ def select_and_keep(
     relu: bool = False,
     counts: bool = False,
     grad_scale_of: GradScaleOf | None = None,
-) -> tuple[Tensor, Tensor, Tensor | None]:
+    indices: bool = True,
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """Top-k selection and its sparse output in one step: what a k-sparse layer does.
 
     Equals ``keep_winners(x, indices, dim=dim, relu=relu, grad_scale=grad_scale_of(indices, counts))`` with
@@ -300,30 +324,32 @@ def select_and_keep(
         boost_factors: per-unit factors of the scores, broadcasting against ``x``.
         relu: zero negative winners.
         counts: also return how many slices each index along ``dim`` won in.
-        grad_scale_of: called once, without autograd, with the winners (``indices`` and the counts, None unless
-            ``counts``) before the output is returned; it returns None or per-winner gradient factors shaped like
-            ``indices`` (a layer updates its state there, and with sensitivity returns its winners' factors).
+        grad_scale_of: called once, without autograd, with the winners (``indices`` and the counts, each None
+            unless asked for) before the output is returned; it returns None or per-winner gradient factors shaped
+            like ``indices`` (a layer updates its state there, and with sensitivity returns its winners' factors).
+        indices: also return the winners; ``False`` gives None in their place, and the kernels then do not write
+            them (the channel kernel does not track them either: a third of its time or more).
 
     Returns:
-        ``(output, indices, counts)``: the sparse output, the winners along ``dim``, and the ``(x.shape[dim],)``
-        int64 win counts (None unless ``counts``).
+        ``(output, indices, counts)``: the sparse output, the winners along ``dim`` (None unless ``indices``), and
+        the ``(x.shape[dim],)`` int64 win counts (None unless ``counts``).
     """
     check_float_input(x)
     n = x.shape[dim]
     check_k(k, n)
     if native_applies(x, dim) and (boost_factors is None or boost_factors.shape == (n,)):
-        return _SelectRows.apply(x, k, boost_factors, by_magnitude, relu, counts, grad_scale_of)
+        return _SelectRows.apply(x, k, boost_factors, by_magnitude, relu, counts, grad_scale_of, indices)
     boost = _per_index(boost_factors, x, dim)
     if _channels_native(x, dim, k) and (boost_factors is None or boost is not None):
-        return _SelectChannels.apply(x, k, boost, by_magnitude, relu, counts, grad_scale_of)
+        return _SelectChannels.apply(x, k, boost, by_magnitude, relu, counts, grad_scale_of, indices)
     if _native_elsewhere(x, dim) and (boost_factors is None or boost is not None):
         # The kernel reads rows: the units' dim moved last (one copy), the results moved back as views.
-        def moved_scale_of(indices: Tensor, wins: Tensor | None) -> Tensor | None:
+        def moved_scale_of(winners: Tensor | None, wins: Tensor | None) -> Tensor | None:
             assert grad_scale_of is not None
-            scale = _grad_scale(grad_scale_of, indices.movedim(-1, dim), wins)
+            scale = _grad_scale(grad_scale_of, _moved_back(winners, dim), wins)
             return None if scale is None else scale.movedim(dim, -1)
 
-        out, indices, wins = select_and_keep(
+        out, winners, wins = select_and_keep(
             x.movedim(dim, -1),
             k,
             by_magnitude=by_magnitude,
@@ -331,14 +357,21 @@ def select_and_keep(
             relu=relu,
             counts=counts,
             grad_scale_of=None if grad_scale_of is None else moved_scale_of,
+            indices=indices,
         )
-        return out.movedim(-1, dim), indices.movedim(-1, dim), wins
-    indices = winner_indices(x, k, dim=dim, by_magnitude=by_magnitude, boost_factors=boost_factors)
-    wins = winner_counts(indices, n) if counts else None
+        return out.movedim(-1, dim), _moved_back(winners, dim), wins
+    winners = winner_indices(x, k, dim=dim, by_magnitude=by_magnitude, boost_factors=boost_factors)
+    wins = winner_counts(winners, n) if counts else None
+    reported = winners if indices else None  # as the kernel paths report them
     with torch.no_grad():  # as inside the kernel path's autograd Function
-        grad_scale = _grad_scale(grad_scale_of, indices, wins)
-    out = keep_winners(x, indices, dim=dim, relu=relu, grad_scale=grad_scale)
-    return out, indices, wins
+        grad_scale = _grad_scale(grad_scale_of, reported, wins)
+    out = keep_winners(x, winners, dim=dim, relu=relu, grad_scale=grad_scale)
+    return out, reported, wins
+
+
+def _moved_back(winners: Tensor | None, dim: int) -> Tensor | None:
+    """Winners found along the last dim of ``x.movedim(dim, -1)``, as winners along ``dim`` of ``x``."""
+    return None if winners is None else winners.movedim(-1, dim)
 
 
 def keep_masked(x: Tensor, mask: Tensor, *, relu: bool = False, grad_scale: Tensor | None = None) -> Tensor:
@@ -448,4 +481,4 @@ def k_sparse(x: Tensor, k: int, *, dim: int = -1, by_magnitude: bool = False, re
         >>> k_sparse(torch.tensor([[0.5, -3.0, 2.0, 1.0]]), 2, by_magnitude=True)
         tensor([[ 0., -3.,  2.,  0.]])
     """
-    return select_and_keep(x, k, dim=dim, by_magnitude=by_magnitude, relu=relu)[0]
+    return select_and_keep(x, k, dim=dim, by_magnitude=by_magnitude, relu=relu, indices=False)[0]

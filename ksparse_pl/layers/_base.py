@@ -183,6 +183,7 @@ class SparseActivation(nn.Module):
                 relu=self.relu,
                 counts=self.training,
                 grad_scale_of=functools.partial(self._record, candidates) if self.training else None,
+                indices=self.training and self.use_sensitivity,  # else unused, and the kernels are faster without
             )
         return self._restore(out, x)
 
@@ -211,13 +212,15 @@ class SparseActivation(nn.Module):
             return indices, None
         return indices, self._record(candidates, indices, winner_counts(indices, candidates.shape[self._dim]))
 
-    def _record(self, candidates: Tensor, indices: Tensor, counts: Tensor | None) -> Tensor | None:
+    def _record(self, candidates: Tensor, indices: Tensor | None, counts: Tensor | None) -> Tensor | None:
         """Update the state with a training batch's winners (``counts``: wins per candidate index along the
-        unit dim); returns the winners' gradient factors, shaped like ``indices``, with sensitivity (else None)."""
+        unit dim; ``indices``, needed with sensitivity only); returns the winners' gradient factors, shaped like
+        ``indices``, with sensitivity (else None)."""
         assert counts is not None  # the callers ask for the counts in training
         if not self.use_sensitivity:
             self._update_state(self._unit_counts(counts), candidates, None)
             return None
+        assert indices is not None  # the callers ask for the winners with sensitivity
         unit_ids = self._unit_ids(indices)
         pairs = self._pairs_from_ids(unit_ids)
         factors = self._update_state(self._unit_counts(counts), candidates, pairs)

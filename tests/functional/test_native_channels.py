@@ -66,6 +66,13 @@ def test_same_winners_output_counts_and_gradient_bits_as_the_row_kernel(
         passes = winner & ~(x <= 0) if relu else winner
         ones = torch.ones(shape[0], x[0].numel())
         assert torch.equal(take_bits_rows(ones, got.bits).view(shape), passes.float())
+        # without the winners (the kernel then does not keep track of them): the same output, bits and counts
+        without = select_channels(
+            x, k, boost=boost, by_magnitude=by_magnitude, relu=relu, counts=True, indices=False, vectorized=vectorized
+        )
+        assert without.indices is None
+        torch.testing.assert_close(without.output, got.output, rtol=0, atol=0, equal_nan=True)
+        assert torch.equal(without.bits, got.bits) and torch.equal(without.counts, got.counts)
 
 
 @pytest.mark.parametrize("vectorized", [True, False], ids=["vectorized", "portable"])

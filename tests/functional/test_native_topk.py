@@ -71,6 +71,12 @@ def test_same_winners_and_output_as_a_stable_sort(rows: str, n: int, k: int) -> 
     expected = torch.zeros_like(scores).scatter(1, winners, scores.gather(1, winners))
     torch.testing.assert_close(result.output, expected, rtol=0, atol=0, equal_nan=True)
     assert torch.equal(unpacked(result.bits, n), passing(scores, winners, relu=False))
+    # without writing the winners out (a buffer of the kernel's own holds them): the same output, bits, counts
+    without = select_rows(scores, k, output=True, counts=True, indices=False)
+    assert without.indices is None
+    torch.testing.assert_close(without.output, expected, rtol=0, atol=0, equal_nan=True)
+    assert torch.equal(without.bits, result.bits)
+    assert torch.equal(without.counts, torch.bincount(winners.reshape(-1), minlength=n))
 
 
 @pytest.mark.parametrize("rows", ["normal", "relu (ties at zero)", "NaN and infinities"])

@@ -140,3 +140,38 @@ def test_grad_scale_of_must_give_one_factor_per_winner(dtype: torch.dtype) -> No
         select_and_keep(x, 3, grad_scale_of=lambda indices, counts: torch.ones(3))
     with pytest.raises(ValueError, match="but returned float"):
         select_and_keep(x, 3, grad_scale_of=lambda indices, counts: 2.0)  # type: ignore[arg-type,return-value]
+
+
+# each path of select_and_keep: the row kernel, the channel kernel, the row kernel on a moved dim, torch's ops
+PATHS = {
+    "rows": (lambda: torch.randn(6, 40), -1),
+    "channels of a map": (lambda: torch.randn(3, 12, 4, 5), 1),
+    "a dim moved last": (lambda: torch.randn(40, 6), 0),
+    "torch (float64)": (lambda: torch.randn(6, 40, dtype=torch.float64), -1),
+}
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_without_indices_the_output_counts_and_gradients_are_the_same(path: str) -> None:
+    torch.manual_seed(0)
+    make, dim = PATHS[path]
+    x = make().requires_grad_()
+    grad_out = torch.randn(x.shape, dtype=x.dtype)
+    seen = []
+    out, indices, counts = select_and_keep(x, 3, dim=dim, relu=True, counts=True)
+    out_without, none, counts_without = select_and_keep(
+        x, 3, dim=dim, relu=True, counts=True, indices=False, grad_scale_of=lambda i, c: seen.append((i, c))
+    )
+    assert none is None and indices is not None
+    assert len(seen) == 1 and seen[0][0] is None and torch.equal(seen[0][1], counts)
+    assert torch.equal(out_without, out) and torch.equal(counts_without, counts)
+    (grad,) = torch.autograd.grad(out, x, grad_out)
+    (grad_without,) = torch.autograd.grad(out_without, x, grad_out)
+    assert torch.equal(grad_without, grad)
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_gradient_factors_without_indices_are_refused(path: str) -> None:
+    make, dim = PATHS[path]
+    with pytest.raises(ValueError, match="with `indices=False` there are no winners"):
+        select_and_keep(make(), 3, dim=dim, indices=False, grad_scale_of=lambda i, c: torch.ones(1))

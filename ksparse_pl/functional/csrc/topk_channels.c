@@ -39,11 +39,11 @@ static inline int32_t key_of_score(float v, float factor, int by_magnitude) {
 }
 
 /* One group of LANES positions of one sample: channel c of lane l at x[c * stride + l].  Writes out (same
- * layout), idx[j * LANES + l] = the j-th winning channel of lane l (ascending), and per channel the lanes it
- * won (won[c]) and where its gradient passes (pass[c]: won, and with relu not x <= 0, as torch's ReLU lets a
- * NaN's gradient through), as bit l of a byte.  keep_ties (threshold mode): every channel whose key is at
- * least the k-th largest wins, ties included, and all of them where a NaN is among the k largest (as the
- * minimum of the k largest, the threshold, is NaN then); idx is then meaningless. */
+ * layout), idx[j * LANES + l] = the j-th winning channel of lane l (ascending) unless idx is NULL, and per
+ * channel the lanes it won (won[c]) and where its gradient passes (pass[c]: won, and with relu not x <= 0, as
+ * torch's ReLU lets a NaN's gradient through), as bit l of a byte.  keep_ties (threshold mode, idx NULL):
+ * every channel whose key is at least the k-th largest wins, ties included, and all of them where a NaN is
+ * among the k largest (as the minimum of the k largest, the threshold, is NaN then). */
 static void select_group_portable(const float *x, int64_t stride, int64_t channels, int64_t k, const float *boost,
                                   int by_magnitude, int relu, int keep_ties, float *out, int32_t *idx, uint8_t *won,
                                   uint8_t *pass) {
@@ -79,7 +79,8 @@ static void select_group_portable(const float *x, int64_t stride, int64_t channe
             int tie = key_l == kth[l] && ties[l] > 0, keep = key_l > kth[l] || tie;
             ties[l] -= tie;
             out[c * stride + l] = keep ? (relu && v < 0.0f ? 0.0f : v) : 0.0f;
-            for (int64_t j = 0; j < k; j++) idx[j * LANES + l] = keep && taken[l] == j ? (int32_t)c : idx[j * LANES + l];
+            for (int64_t j = 0; idx && j < k; j++)
+                idx[j * LANES + l] = keep && taken[l] == j ? (int32_t)c : idx[j * LANES + l];
             taken[l] += keep;
             won_bits |= (unsigned)keep << l;
             pass_bits |= (unsigned)(keep && !(relu && v <= 0.0f)) << l;
@@ -100,10 +101,11 @@ __attribute__((target("avx2"))) static __m256i keys_avx2(const float *x, __m256 
 }
 
 /* select_group_portable in AVX2: the lanes are one vector.  kcap >= k is a constant in each of the functions
- * below, so that the kept keys stay in registers (slots past k hold the next largest keys, and no winner). */
+ * below, so that the kept keys stay in registers (slots past k hold the next largest keys, and no winner), and
+ * so is track, whether idx is written: keeping the winners' slots took a third of the kernel's time at k = 8. */
 __attribute__((target("avx2"), always_inline)) static inline void select_group_avx2(
     const float *x, int64_t stride, int64_t channels, int64_t k, const float *boost, int by_magnitude, int relu,
-    int keep_ties, float *out, int32_t *idx, uint8_t *won, uint8_t *pass, const int kcap) {
+    int keep_ties, float *out, int32_t *idx, uint8_t *won, uint8_t *pass, const int kcap, const int track) {
     __m256i top[MAX_K], slot[MAX_K];
     __m256 magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(by_magnitude ? 0x7FFFFFFF : -1)), zero = _mm256_setzero_ps();
     for (int j = 0; j < kcap; j++) top[j] = _mm256_set1_epi32(INT32_MIN);
@@ -134,23 +136,30 @@ __attribute__((target("avx2"), always_inline)) static inline void select_group_a
         __m256 v = _mm256_loadu_ps(x + c * stride), kept = _mm256_castsi256_ps(keep);
         _mm256_storeu_ps(out + c * stride, _mm256_and_ps(kept, relu ? _mm256_max_ps(zero, v) : v));
         __m256 passes = relu ? _mm256_and_ps(kept, _mm256_cmp_ps(v, zero, _CMP_NLE_UQ)) : kept;
+        won[c] = (uint8_t)_mm256_movemask_ps(kept);
+        pass[c] = (uint8_t)_mm256_movemask_ps(passes);
+        if (!track) continue;
         __m256i channel = _mm256_set1_epi32((int32_t)c);
         for (int j = 0; j < kcap; j++) {
             __m256i here = _mm256_and_si256(keep, _mm256_cmpeq_epi32(taken, _mm256_set1_epi32(j)));
             slot[j] = _mm256_blendv_epi8(slot[j], channel, here);
         }
         taken = _mm256_sub_epi32(taken, keep);
-        won[c] = (uint8_t)_mm256_movemask_ps(kept);
-        pass[c] = (uint8_t)_mm256_movemask_ps(passes);
     }
-    for (int64_t j = 0; j < k; j++) _mm256_storeu_si256((__m256i *)(idx + j * LANES), slot[j]);
+    for (int64_t j = 0; track && j < k; j++) _mm256_storeu_si256((__m256i *)(idx + j * LANES), slot[j]);
 }
 
-#define SELECT_GROUP_AVX2(kcap)                                                                                    \
-    __attribute__((target("avx2"))) static void select_group_avx2_##kcap(                                         \
-        const float *x, int64_t stride, int64_t channels, int64_t k, const float *boost, int by_magnitude, int relu, \
-        int keep_ties, float *out, int32_t *idx, uint8_t *won, uint8_t *pass) {                                    \
-        select_group_avx2(x, stride, channels, k, boost, by_magnitude, relu, keep_ties, out, idx, won, pass, kcap); \
+/* The group functions for kcap, with (idx written) and without the winners (idx NULL). */
+#define SELECT_GROUP_AVX2(kcap)                                                                                      \
+    __attribute__((target("avx2"))) static void select_group_avx2_##kcap(                                           \
+        const float *x, int64_t stride, int64_t channels, int64_t k, const float *boost, int by_magnitude, int relu,   \
+        int keep_ties, float *out, int32_t *idx, uint8_t *won, uint8_t *pass) {                                      \
+        if (idx)                                                                                                     \
+            select_group_avx2(x, stride, channels, k, boost, by_magnitude, relu, keep_ties, out, idx, won, pass, kcap, \
+                              1);                                                                                    \
+        else                                                                                                         \
+            select_group_avx2(x, stride, channels, k, boost, by_magnitude, relu, keep_ties, out, NULL, won, pass,      \
+                              kcap, 0);                                                                              \
     }
 SELECT_GROUP_AVX2(2)
 SELECT_GROUP_AVX2(4)
@@ -166,7 +175,7 @@ typedef struct {
     int by_magnitude, relu, keep_ties;
     int64_t batch, channels, positions, k;
     float *out;
-    int64_t *indices; /* NULL with keep_ties */
+    int64_t *indices; /* or NULL (always with keep_ties): the winners are not written */
     uint8_t *bits;
     group_fn select_group;
 } channel_job;
@@ -186,7 +195,8 @@ static void or_bits(uint8_t *row, int64_t at, unsigned mask) {
 }
 
 /* Sample b, positions [p, p + lanes): the group in place when it is whole, else through the buffers of LANES
- * lanes per channel (tmp_x, tmp_out), lanes past the end padded with zeros and never written back. */
+ * lanes per channel (tmp_x, tmp_out), lanes past the end padded with zeros and never written back; idx holds
+ * the group's winners on their way to job->indices (NULL when that is). */
 static void select_positions(const channel_job *job, int64_t b, int64_t p, int lanes, float *tmp_x, float *tmp_out,
                              int32_t *idx, uint8_t *won, uint8_t *pass, int64_t *counts) {
     int64_t C = job->channels, P = job->positions, k = job->k;
@@ -259,7 +269,7 @@ static int run_channels(const float *x, const float *boost, int by_magnitude, in
             memset(bits + b * bytes, 0, bytes);
             for (int64_t p = 0; p < positions; p += LANES) {
                 int lanes = positions - p < LANES ? (int)(positions - p) : LANES;
-                select_positions(&job, b, p, lanes, tmp_x, tmp_out, idx, won, pass, own_counts);
+                select_positions(&job, b, p, lanes, tmp_x, tmp_out, indices ? idx : NULL, won, pass, own_counts);
             }
         }
         if (counts) {
@@ -274,7 +284,8 @@ static int run_channels(const float *x, const float *boost, int by_magnitude, in
 }
 
 /* Per sample of x (batch, channels, positions) and position: out = x at the k largest scores over the
- * channels (ReLU'd if relu), 0 elsewhere; indices (batch, k, positions) the winning channels, ascending; bits
+ * channels (ReLU'd if relu), 0 elsewhere; indices (batch, k, positions) the winning channels, ascending, unless
+ * indices is NULL; bits
  * (batch, ceil(channels * positions / 8)), bit c * positions + p of a sample's row set where the gradient
  * passes (as in ksparse_keep_at_least_rows); if counts (channels,), zeroed by the caller: at how many
  * positions each channel won.  vectorized = 0 takes the portable code even where AVX2 is available (tests).

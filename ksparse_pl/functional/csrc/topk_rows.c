@@ -595,7 +595,7 @@ typedef struct {
     const float *x;     /* (rows, n) activations */
     const float *boost; /* (n,) factors the scores are multiplied by, or NULL */
     int by_magnitude;   /* rank by |x| */
-    int64_t *indices;   /* (rows, k) out: the winners, ascending; NULL in threshold mode */
+    int64_t *indices;   /* (rows, k) out: the winners, ascending; or NULL (always in threshold mode) */
     float *dst;         /* (rows, n) out, or NULL: x at the winners (ReLU'd if relu), 0 elsewhere */
     int relu;
     int64_t *counts;    /* (n,) out, or NULL: how many rows each column won in */
@@ -657,10 +657,10 @@ static void *select_slice(void *arg) {
     const select_job *job = sl->job;
     int64_t n = job->n, k = job->k, bytes = (n + 7) / 8;
     int scored = job->boost || job->by_magnitude;
-    /* the work space: n + 8 for the whole vectors the AVX2 kernels store; scores, counts: n; threshold mode
-     * also keeps a row's winners (k) and counts in int32 lanes (n) */
+    /* the work space: n + 8 for the whole vectors the AVX2 kernels store; scores, counts: n; a row's winners
+     * (k) when they are not written out; threshold mode's counts in int32 lanes (n) */
     char *work = malloc((n + 8) * 5 * sizeof(float) + n * (sizeof(float) + sizeof(int64_t)) +
-                        (job->keep_ties ? k * sizeof(int64_t) + n * sizeof(int32_t) : 0));
+                        (job->indices ? 0 : k * sizeof(int64_t)) + (job->keep_ties ? n * sizeof(int32_t) : 0));
     if (!work) return (void *)1;
     work_space w;
     w.cand = (int32_t *)work;
@@ -671,12 +671,12 @@ static void *select_slice(void *arg) {
     float *scores = (float *)(w.keys + n + 8);
     int64_t *counts = (int64_t *)(scores + n);
     int64_t *own_idx = counts + n;
-    int32_t *hits = (int32_t *)(own_idx + k);
+    int32_t *hits = (int32_t *)(own_idx + (job->indices ? 0 : k));
     if (job->counts) memset(counts, 0, n * sizeof(int64_t));
     if (job->keep_ties) memset(hits, 0, n * sizeof(int32_t));
     for (int64_t row = sl->begin; row < sl->end; row++) {
         const float *x = job->x + row * n, *s = x;
-        int64_t *idx = job->keep_ties ? own_idx : job->indices + row * k;
+        int64_t *idx = job->indices ? job->indices + row * k : own_idx;
         if (scored) {
             row_scores(x, job->boost, job->by_magnitude, n, scores);
             s = scores;
@@ -745,8 +745,8 @@ static normal_guess guess_of(float z, float z_low) {
     return guess;
 }
 
-/* Per row of x (rows, n): indices = the k largest scores (x, or |x| if by_magnitude, times boost if not
- * NULL), ascending; if dst, the sparse output (x at the winners, ReLU'd if relu), and bits (rows, (n + 7) / 8,
+/* Per row of x (rows, n): indices (unless NULL) = the k largest scores (x, or |x| if by_magnitude, times boost
+ * if not NULL), ascending; if dst, the sparse output (x at the winners, ReLU'd if relu), and bits (rows, (n + 7) / 8,
  * not NULL then), where its gradient passes (see write_above_portable); if counts (zeroed by the caller),
  * how many rows each column won in.  z, z_low: the normal quantiles of 1 - k/n and 1 - 2k/n (NaN for no
  * compaction; see select_by_threshold).  Returns nonzero if a thread could not allocate its buffers. */
