@@ -41,7 +41,7 @@ MAPS = {
 @pytest.mark.parametrize(
     ("shape", "k"),
     [((3, 12, 5, 6), 3), ((2, 32, 4, 4), 4), ((2, 5, 3), 5), ((1, 20, 13), CHANNELS_MAX_K), ((2, 3, 1, 1), 1)],
-)
+)  # positions not a multiple of 8, and multiples (16: each group's gradient bits are then whole bytes)
 def test_same_winners_output_counts_and_gradient_bits_as_the_row_kernel(
     shape: tuple[int, ...], k: int, maps: str, vectorized: bool
 ) -> None:
@@ -77,7 +77,9 @@ def test_same_winners_output_counts_and_gradient_bits_as_the_row_kernel(
 
 @pytest.mark.parametrize("vectorized", [True, False], ids=["vectorized", "portable"])
 @pytest.mark.parametrize("maps", list(MAPS))
-@pytest.mark.parametrize(("shape", "k"), [((3, 12, 5, 6), 3), ((2, 5, 3), 5), ((1, 20, 13), CHANNELS_MAX_K)])
+@pytest.mark.parametrize(
+    ("shape", "k"), [((3, 12, 5, 6), 3), ((2, 9, 4, 6), 3), ((2, 5, 3), 5), ((1, 20, 13), CHANNELS_MAX_K)]
+)  # positions not a multiple of 8, and a multiple (each group's gradient bits are then whole bytes)
 def test_threshold_mode_keeps_what_the_row_kernel_keeps(
     shape: tuple[int, ...], k: int, maps: str, vectorized: bool
 ) -> None:

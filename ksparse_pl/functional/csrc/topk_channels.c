@@ -38,16 +38,34 @@ static inline int32_t key_of_score(float v, float factor, int by_magnitude) {
     return s != s ? INT32_MAX : u ^ ((u >> 31) & 0x7FFFFFFF);
 }
 
+/* Where a group's results go besides its output: idx[j * LANES + l] = the j-th winning channel of lane l
+ * (ascending), unless idx is NULL; over the valid lanes (bit l for lane l), the number of lanes channel c won
+ * is added to counts[c], and the lanes where its gradient passes (won, and with relu not x <= 0, as torch's
+ * ReLU lets a NaN's gradient through) are stored at pass[c * pass_stride], bit l of a byte: straight into the
+ * gradient bits where a group's bits make whole bytes there, which saved a third of the kernel's time. */
+typedef struct {
+    int32_t *idx;
+    unsigned valid;
+    int64_t *counts;
+    uint8_t *pass;
+    int64_t pass_stride;
+} group_results;
+
+/* The set bits of a byte (__builtin_popcount is a library call where the compiler may not assume popcnt). */
+static inline int lanes_set(unsigned byte) {
+    byte = byte - ((byte >> 1) & 0x55);
+    byte = (byte & 0x33) + ((byte >> 2) & 0x33);
+    return (int)((byte + (byte >> 4)) & 0x0F);
+}
+
 /* One group of LANES positions of one sample: channel c of lane l at x[c * stride + l].  Writes out (same
- * layout), idx[j * LANES + l] = the j-th winning channel of lane l (ascending) unless idx is NULL, and per
- * channel the lanes it won (won[c]) and where its gradient passes (pass[c]: won, and with relu not x <= 0, as
- * torch's ReLU lets a NaN's gradient through), as bit l of a byte.  keep_ties (threshold mode, idx NULL):
- * every channel whose key is at least the k-th largest wins, ties included, and all of them where a NaN is
- * among the k largest (as the minimum of the k largest, the threshold, is NaN then). */
+ * layout) and r (see group_results).  keep_ties (threshold mode, no idx): every channel whose key is at least
+ * the k-th largest wins, ties included, and all of them where a NaN is among the k largest (as the minimum of
+ * the k largest, the threshold, is NaN then). */
 static void select_group_portable(const float *x, int64_t stride, int64_t channels, int64_t k, const float *boost,
-                                  int by_magnitude, int relu, int keep_ties, float *out, int32_t *idx, uint8_t *won,
-                                  uint8_t *pass) {
+                                  int by_magnitude, int relu, int keep_ties, float *out, const group_results *r) {
     int32_t top[MAX_K][LANES], key[LANES], kth[LANES], ties[LANES], taken[LANES];
+    int32_t *idx = r->idx;
     for (int64_t j = 0; j < k; j++)
         for (int l = 0; l < LANES; l++) top[j][l] = INT32_MIN; /* below every key: -inf's is INT32_MIN + 2^23 - 1 */
     for (int64_t c = 0; c < channels; c++) {
@@ -85,8 +103,8 @@ static void select_group_portable(const float *x, int64_t stride, int64_t channe
             won_bits |= (unsigned)keep << l;
             pass_bits |= (unsigned)(keep && !(relu && v <= 0.0f)) << l;
         }
-        won[c] = (uint8_t)won_bits;
-        pass[c] = (uint8_t)pass_bits;
+        r->counts[c] += lanes_set(won_bits & r->valid);
+        r->pass[c * r->pass_stride] = (uint8_t)(pass_bits & r->valid);
     }
 }
 
@@ -103,10 +121,14 @@ __attribute__((target("avx2"))) static __m256i keys_avx2(const float *x, __m256 
 /* select_group_portable in AVX2: the lanes are one vector.  kcap >= k is a constant in each of the functions
  * below, so that the kept keys stay in registers (slots past k hold the next largest keys, and no winner), and
  * so is track, whether idx is written: keeping the winners' slots took a third of the kernel's time at k = 8. */
-__attribute__((target("avx2"), always_inline)) static inline void select_group_avx2(
+__attribute__((target("avx2,popcnt"), always_inline)) static inline void select_group_avx2(
     const float *x, int64_t stride, int64_t channels, int64_t k, const float *boost, int by_magnitude, int relu,
-    int keep_ties, float *out, int32_t *idx, uint8_t *won, uint8_t *pass, const int kcap, const int track) {
+    int keep_ties, float *out, const group_results *r, const int kcap, const int track) {
     __m256i top[MAX_K], slot[MAX_K];
+    int32_t *idx = r->idx;
+    int64_t *counts = r->counts, pass_stride = r->pass_stride;
+    uint8_t *pass = r->pass;
+    unsigned valid = r->valid;
     __m256 magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(by_magnitude ? 0x7FFFFFFF : -1)), zero = _mm256_setzero_ps();
     for (int j = 0; j < kcap; j++) top[j] = _mm256_set1_epi32(INT32_MIN);
     for (int64_t c = 0; c < channels; c++) {
@@ -136,8 +158,8 @@ __attribute__((target("avx2"), always_inline)) static inline void select_group_a
         __m256 v = _mm256_loadu_ps(x + c * stride), kept = _mm256_castsi256_ps(keep);
         _mm256_storeu_ps(out + c * stride, _mm256_and_ps(kept, relu ? _mm256_max_ps(zero, v) : v));
         __m256 passes = relu ? _mm256_and_ps(kept, _mm256_cmp_ps(v, zero, _CMP_NLE_UQ)) : kept;
-        won[c] = (uint8_t)_mm256_movemask_ps(kept);
-        pass[c] = (uint8_t)_mm256_movemask_ps(passes);
+        counts[c] += _mm_popcnt_u32((unsigned)_mm256_movemask_ps(kept) & valid);
+        pass[c * pass_stride] = (uint8_t)((unsigned)_mm256_movemask_ps(passes) & valid);
         if (!track) continue;
         __m256i channel = _mm256_set1_epi32((int32_t)c);
         for (int j = 0; j < kcap; j++) {
@@ -151,15 +173,13 @@ __attribute__((target("avx2"), always_inline)) static inline void select_group_a
 
 /* The group functions for kcap, with (idx written) and without the winners (idx NULL). */
 #define SELECT_GROUP_AVX2(kcap)                                                                                      \
-    __attribute__((target("avx2"))) static void select_group_avx2_##kcap(                                           \
+    __attribute__((target("avx2,popcnt"))) static void select_group_avx2_##kcap(                                    \
         const float *x, int64_t stride, int64_t channels, int64_t k, const float *boost, int by_magnitude, int relu,   \
-        int keep_ties, float *out, int32_t *idx, uint8_t *won, uint8_t *pass) {                                      \
-        if (idx)                                                                                                     \
-            select_group_avx2(x, stride, channels, k, boost, by_magnitude, relu, keep_ties, out, idx, won, pass, kcap, \
-                              1);                                                                                    \
+        int keep_ties, float *out, const group_results *r) {                                                         \
+        if (r->idx)                                                                                                  \
+            select_group_avx2(x, stride, channels, k, boost, by_magnitude, relu, keep_ties, out, r, kcap, 1);          \
         else                                                                                                         \
-            select_group_avx2(x, stride, channels, k, boost, by_magnitude, relu, keep_ties, out, NULL, won, pass,      \
-                              kcap, 0);                                                                              \
+            select_group_avx2(x, stride, channels, k, boost, by_magnitude, relu, keep_ties, out, r, kcap, 0);          \
     }
 SELECT_GROUP_AVX2(2)
 SELECT_GROUP_AVX2(4)
@@ -167,8 +187,8 @@ SELECT_GROUP_AVX2(8)
 SELECT_GROUP_AVX2(16)
 #endif
 
-typedef void (*group_fn)(const float *, int64_t, int64_t, int64_t, const float *, int, int, int, float *, int32_t *,
-                         uint8_t *, uint8_t *);
+typedef void (*group_fn)(const float *, int64_t, int64_t, int64_t, const float *, int, int, int, float *,
+                         const group_results *);
 
 typedef struct {
     const float *x, *boost;
@@ -180,13 +200,6 @@ typedef struct {
     group_fn select_group;
 } channel_job;
 
-/* The set bits of a byte (__builtin_popcount is a library call where the compiler may not assume popcnt). */
-static inline int lanes_set(unsigned byte) {
-    byte = byte - ((byte >> 1) & 0x55);
-    byte = (byte & 0x33) + ((byte >> 2) & 0x33);
-    return (int)((byte + (byte >> 4)) & 0x0F);
-}
-
 /* Bits [at, at + 8) of a zeroed bit row: mask (bit i of mask to bit at + i). */
 static void or_bits(uint8_t *row, int64_t at, unsigned mask) {
     unsigned shifted = mask << (at & 7);
@@ -194,32 +207,34 @@ static void or_bits(uint8_t *row, int64_t at, unsigned mask) {
     if (shifted >> 8) row[(at >> 3) + 1] |= (uint8_t)(shifted >> 8);
 }
 
+/* Whether each group's gradient bits are whole bytes of the bit rows: with a multiple of 8 (LANES) positions,
+ * every group is whole and channel c's bits of the group at p are byte (c * P + p) / 8. */
+static int bits_in_whole_bytes(const channel_job *job) { return job->positions % LANES == 0; }
+
 /* Sample b, positions [p, p + lanes): the group in place when it is whole, else through the buffers of LANES
- * lanes per channel (tmp_x, tmp_out), lanes past the end padded with zeros and never written back; idx holds
- * the group's winners on their way to job->indices (NULL when that is). */
+ * lanes per channel (tmp_x, tmp_out), lanes past the end padded with zeros and never written back.  idx holds
+ * the group's winners on their way to job->indices (NULL when that is); pass (a byte per channel) its gradient
+ * bits on their way into a zeroed bit row, unless they are whole bytes of it. */
 static void select_positions(const channel_job *job, int64_t b, int64_t p, int lanes, float *tmp_x, float *tmp_out,
-                             int32_t *idx, uint8_t *won, uint8_t *pass, int64_t *counts) {
+                             int32_t *idx, uint8_t *pass, int64_t *counts) {
     int64_t C = job->channels, P = job->positions, k = job->k;
     const float *x = job->x + b * C * P + p;
     float *out = job->out + b * C * P + p;
+    uint8_t *bit_row = job->bits + b * ((C * P + 7) / 8);
+    int whole = bits_in_whole_bytes(job);
+    group_results r = {idx, (1u << lanes) - 1, counts, whole ? bit_row + p / 8 : pass, whole ? P / 8 : 1};
     if (lanes == LANES) {
-        job->select_group(x, P, C, k, job->boost, job->by_magnitude, job->relu, job->keep_ties, out, idx, won, pass);
+        job->select_group(x, P, C, k, job->boost, job->by_magnitude, job->relu, job->keep_ties, out, &r);
     } else {
         for (int64_t c = 0; c < C; c++)
             for (int l = 0; l < LANES; l++) tmp_x[c * LANES + l] = l < lanes ? x[c * P + l] : 0.0f;
-        job->select_group(tmp_x, LANES, C, k, job->boost, job->by_magnitude, job->relu, job->keep_ties, tmp_out, idx,
-                          won, pass);
+        job->select_group(tmp_x, LANES, C, k, job->boost, job->by_magnitude, job->relu, job->keep_ties, tmp_out, &r);
         for (int64_t c = 0; c < C; c++)
             for (int l = 0; l < lanes; l++) out[c * P + l] = tmp_out[c * LANES + l];
     }
-    unsigned valid = (1u << lanes) - 1;
-    uint8_t *bit_row = job->bits + b * ((C * P + 7) / 8);
     for (int64_t j = 0; job->indices && j < k; j++)
         for (int l = 0; l < lanes; l++) job->indices[(b * k + j) * P + p + l] = idx[j * LANES + l];
-    for (int64_t c = 0; c < C; c++) {
-        or_bits(bit_row, c * P + p, pass[c] & valid);
-        counts[c] += lanes_set(won[c] & valid);
-    }
+    for (int64_t c = 0; !whole && c < C; c++) or_bits(bit_row, c * P + p, pass[c]);
 }
 
 /* Both entry points below; indices NULL with keep_ties. */
@@ -242,8 +257,8 @@ static int run_channels(const float *x, const float *boost, int by_magnitude, in
                        out, indices, bits,         select_group};
     threads = threads_for(batch * channels * positions, threads);
     if (threads > batch) threads = batch > 0 ? (int)batch : 1;
-    /* per thread: tmp_x, tmp_out (LANES per channel), counts (one per channel), won, pass (a byte per channel) */
-    int64_t share = channels * (2 * LANES * sizeof(float) + sizeof(int64_t) + 2);
+    /* per thread: tmp_x, tmp_out (LANES per channel), counts (one per channel), pass (a byte per channel) */
+    int64_t share = channels * (2 * LANES * sizeof(float) + sizeof(int64_t) + 1);
     share += (8 - share % 8) % 8;
     char *work = malloc(threads * share);
     if (!work) return 2;
@@ -259,17 +274,17 @@ static int run_channels(const float *x, const float *boost, int by_magnitude, in
 #endif
         float *tmp_x = (float *)mine, *tmp_out = tmp_x + channels * LANES;
         int64_t *own_counts = (int64_t *)(tmp_out + channels * LANES);
-        uint8_t *won = (uint8_t *)(own_counts + channels), *pass = won + channels;
+        uint8_t *pass = (uint8_t *)(own_counts + channels);
         int32_t idx[MAX_K * LANES];
         memset(own_counts, 0, channels * sizeof(int64_t));
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
         for (int64_t b = 0; b < batch; b++) {
-            memset(bits + b * bytes, 0, bytes);
+            if (!bits_in_whole_bytes(&job)) memset(bits + b * bytes, 0, bytes); /* else every byte is written */
             for (int64_t p = 0; p < positions; p += LANES) {
                 int lanes = positions - p < LANES ? (int)(positions - p) : LANES;
-                select_positions(&job, b, p, lanes, tmp_x, tmp_out, indices ? idx : NULL, won, pass, own_counts);
+                select_positions(&job, b, p, lanes, tmp_x, tmp_out, indices ? idx : NULL, pass, own_counts);
             }
         }
         if (counts) {
