@@ -27,6 +27,7 @@
 #endif
 
 #define LANES 8
+_Static_assert(LANES == 8, "a group's gradient bits are one byte per channel");
 #define MAX_K 16 /* kept keys per lane; CHANNELS_MAX_K in native_topk.py */
 
 /* The score of activation v (|v| with by_magnitude, times factor) as an int ordered as the floats, -0 as +0
@@ -42,7 +43,8 @@ static inline int32_t key_of_score(float v, float factor, int by_magnitude) {
  * (ascending), unless idx is NULL; over the valid lanes (bit l for lane l), the number of lanes channel c won
  * is added to counts[c], and the lanes where its gradient passes (won, and with relu not x <= 0, as torch's
  * ReLU lets a NaN's gradient through) are stored at pass[c * pass_stride], bit l of a byte: straight into the
- * gradient bits where a group's bits make whole bytes there, which saved a third of the kernel's time. */
+ * gradient bits where a group's bits make whole bytes there (a scalar pass over the channels after each group
+ * took a fifth to a quarter of the kernel's time at the benchmark shapes). */
 typedef struct {
     int32_t *idx;
     unsigned valid;
@@ -120,7 +122,8 @@ __attribute__((target("avx2"))) static __m256i keys_avx2(const float *x, __m256 
 
 /* select_group_portable in AVX2: the lanes are one vector.  kcap >= k is a constant in each of the functions
  * below, so that the kept keys stay in registers (slots past k hold the next largest keys, and no winner), and
- * so is track, whether idx is written: keeping the winners' slots took a third of the kernel's time at k = 8. */
+ * so is track, whether idx is written: keeping the winners' slots took about a third of the kernel's time at
+ * k = 8. */
 __attribute__((target("avx2,popcnt"), always_inline)) static inline void select_group_avx2(
     const float *x, int64_t stride, int64_t channels, int64_t k, const float *boost, int by_magnitude, int relu,
     int keep_ties, float *out, const group_results *r, const int kcap, const int track) {
@@ -300,10 +303,10 @@ static int run_channels(const float *x, const float *boost, int by_magnitude, in
 
 /* Per sample of x (batch, channels, positions) and position: out = x at the k largest scores over the
  * channels (ReLU'd if relu), 0 elsewhere; indices (batch, k, positions) the winning channels, ascending, unless
- * indices is NULL; bits
- * (batch, ceil(channels * positions / 8)), bit c * positions + p of a sample's row set where the gradient
- * passes (as in ksparse_keep_at_least_rows); if counts (channels,), zeroed by the caller: at how many
- * positions each channel won.  vectorized = 0 takes the portable code even where AVX2 is available (tests).
+ * indices is NULL; bits (batch, ceil(channels * positions / 8)), bit c * positions + p of a sample's row set
+ * where the gradient passes (as in ksparse_keep_at_least_rows); if counts (channels,), zeroed by the caller:
+ * at how many positions each channel won.  vectorized = 0 takes the portable code even where AVX2 is available
+ * (tests).
  * Returns 1 for k outside [1, min(MAX_K, channels)], 2 if the buffers could not be allocated. */
 int ksparse_select_channels(const float *x, const float *boost, int by_magnitude, int relu, float *out,
                             int64_t *indices, uint8_t *bits, int64_t *counts, int64_t batch, int64_t channels,
