@@ -132,7 +132,8 @@ __attribute__((target("avx2,popcnt"), always_inline)) static inline void select_
     int64_t *counts = r->counts, pass_stride = r->pass_stride;
     uint8_t *pass = r->pass;
     unsigned valid = r->valid;
-    __m256 magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(by_magnitude ? 0x7FFFFFFF : -1)), zero = _mm256_setzero_ps();
+    __m256 magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(by_magnitude ? 0x7FFFFFFF : -1));
+    __m256 zero = _mm256_setzero_ps();
     for (int j = 0; j < kcap; j++) top[j] = _mm256_set1_epi32(INT32_MIN);
     for (int64_t c = 0; c < channels; c++) {
         __m256i key = keys_avx2(x + c * stride, _mm256_set1_ps(boost ? boost[c] : 1.0f), magnitude);
@@ -259,7 +260,13 @@ static int run_channels(const float *x, const float *boost, int by_magnitude, in
     channel_job job = {x,   boost,   by_magnitude, relu, keep_ties, batch, channels, positions, k,
                        out, indices, bits,         select_group};
     threads = threads_for(batch * channels * positions, threads);
-    if (threads > batch) threads = batch > 0 ? (int)batch : 1;
+    /* Work goes out by sample, or with fewer samples than threads by parts of a sample's groups: where the bits
+     * are whole bytes, each part writes bytes of its own. */
+    int whole = bits_in_whole_bytes(&job);
+    int64_t groups = (positions + LANES - 1) / LANES;
+    int64_t parts = whole && batch < threads ? (threads + batch - 1) / batch : 1;
+    if (parts > groups) parts = groups > 0 ? groups : 1;
+    if (threads > batch * parts) threads = batch * parts > 0 ? (int)(batch * parts) : 1;
     /* per thread: tmp_x, tmp_out (LANES per channel), counts (one per channel), pass (a byte per channel) */
     int64_t share = channels * (2 * LANES * sizeof(float) + sizeof(int64_t) + 1);
     share += (8 - share % 8) % 8;
@@ -283,9 +290,11 @@ static int run_channels(const float *x, const float *boost, int by_magnitude, in
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
-        for (int64_t b = 0; b < batch; b++) {
-            if (!bits_in_whole_bytes(&job)) memset(bits + b * bytes, 0, bytes); /* else every byte is written */
-            for (int64_t p = 0; p < positions; p += LANES) {
+        for (int64_t item = 0; item < batch * parts; item++) {
+            int64_t b = item / parts, part = item % parts;
+            if (!whole) memset(bits + b * bytes, 0, bytes); /* one part per sample then; else every byte is written */
+            for (int64_t g = groups * part / parts; g < groups * (part + 1) / parts; g++) {
+                int64_t p = g * LANES;
                 int lanes = positions - p < LANES ? (int)(positions - p) : LANES;
                 select_positions(&job, b, p, lanes, tmp_x, tmp_out, indices ? idx : NULL, pass, own_counts);
             }
