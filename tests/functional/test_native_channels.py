@@ -36,6 +36,8 @@ MAPS = {
 }
 
 
+# Positions not a multiple of 8, and multiples: each group's gradient bits are then whole bytes of the bit rows, and
+# a single sample large enough for two threads (64 x 64 positions) is split between them.
 @pytest.mark.parametrize("vectorized", [True, False], ids=["vectorized", "portable"])
 @pytest.mark.parametrize("maps", list(MAPS))
 @pytest.mark.parametrize(
@@ -49,8 +51,7 @@ MAPS = {
         ((1, 16, 64, 64), 4),
         ((1, 16, 63, 65), 4),
     ],
-)  # positions not a multiple of 8, and multiples (each group's gradient bits are then whole bytes, and one large
-# sample is split between threads)
+)
 def test_same_winners_output_counts_and_gradient_bits_as_the_row_kernel(
     shape: tuple[int, ...], k: int, maps: str, vectorized: bool
 ) -> None:
@@ -89,8 +90,7 @@ def test_same_winners_output_counts_and_gradient_bits_as_the_row_kernel(
 @pytest.mark.parametrize(
     ("shape", "k"),
     [((3, 12, 5, 6), 3), ((2, 9, 4, 6), 3), ((2, 5, 3), 5), ((1, 20, 13), CHANNELS_MAX_K), ((1, 16, 64, 64), 4)],
-)  # positions not a multiple of 8, and multiples (each group's gradient bits are then whole bytes; a large sample
-# is split between threads)
+)  # as above: whole bytes or not, and a sample split between threads
 def test_threshold_mode_keeps_what_the_row_kernel_keeps(
     shape: tuple[int, ...], k: int, maps: str, vectorized: bool
 ) -> None:
