@@ -14,7 +14,7 @@ from ksparse_pl import penalties
 from ksparse_pl.functional import encode_at, scale_grad, sparse_decode
 from ksparse_pl.functional._checks import check_positive_int
 from ksparse_pl.layers import KSparse, KWinners
-from ksparse_pl.layers._distributed import gather_statistics
+from ksparse_pl.layers._distributed import distributed, gather_statistics
 from ksparse_pl.metrics import FractionOfVarianceUnexplained
 from ksparse_pl.models._batch import inputs_of
 from ksparse_pl.models._probe import linear_probe_accuracy
@@ -365,13 +365,15 @@ def _code_activation(name: str, width: int, k: int | None, hp: Any) -> nn.Module
     )
 
 
-def _fired_in_global_batch(fired: Tensor, samples: int) -> tuple[Tensor, Tensor]:
+def _fired_in_global_batch(fired: Tensor, samples: int) -> tuple[Tensor, Tensor | int]:
     """The units that fired in any process's batch, and how many samples all processes' batches hold.
 
     Each process sees only its share of the global batch, and DDP would otherwise leave every rank with idle
     counts of its own (or, broadcasting rank 0's buffers, with rank 0's): one process over the global batch
     counts every sample.
     """
+    if not distributed():  # this batch is the global one: no concatenation and sums in every training step
+        return fired, samples
     local = torch.cat([fired.long(), fired.new_tensor([samples], dtype=torch.long)])
-    gathered, _ = gather_statistics(local)  # (ranks, hidden_dim + 1); one row outside torch.distributed
+    gathered, _ = gather_statistics(local)  # (ranks, hidden_dim + 1)
     return gathered[:, :-1].sum(0) > 0, gathered[:, -1].sum()
