@@ -120,6 +120,14 @@ __attribute__((target("avx2"))) static __m256i keys_avx2(const float *x, __m256 
     return _mm256_blendv_epi8(key, _mm256_set1_epi32(INT32_MAX), _mm256_castps_si256(nan));
 }
 
+/* The cache line two groups further along a channel, for a pass over the channels: the hardware's prefetching
+ * follows only so many streams at once, far fewer than a map's channels.  The address may lie past the end of the
+ * map, so it is formed as an integer (pointer arithmetic there is undefined; the prefetch itself never faults).
+ * With the callers' target: GCC 12 dropped the prefetch of a helper without it once inlined into them. */
+__attribute__((target("avx2"), always_inline)) static inline void prefetch_groups_ahead(const float *at) {
+    _mm_prefetch((const char *)((uintptr_t)at + 2 * LANES * sizeof(float)), _MM_HINT_T0);
+}
+
 /* select_group_portable in AVX2: the lanes are one vector.  kcap >= k is a constant in each of the functions
  * below, so that the kept keys stay in registers (slots past k hold the next largest keys, and no winner), and
  * so is track, whether idx is written: keeping the winners' slots took about a third of the kernel's time at
@@ -136,6 +144,8 @@ __attribute__((target("avx2,popcnt"), always_inline)) static inline void select_
     __m256 zero = _mm256_setzero_ps();
     for (int j = 0; j < kcap; j++) top[j] = _mm256_set1_epi32(INT32_MIN);
     for (int64_t c = 0; c < channels; c++) {
+        prefetch_groups_ahead(x + c * stride);
+        prefetch_groups_ahead(out + c * stride);
         __m256i key = keys_avx2(x + c * stride, _mm256_set1_ps(boost ? boost[c] : 1.0f), magnitude);
         for (int j = 0; j < kcap; j++) {
             __m256i t = top[j];
