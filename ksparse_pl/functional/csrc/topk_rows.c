@@ -240,7 +240,9 @@ static void init_compress(void) {
 }
 
 /* collect_portable 8 scores at a time; whole vectors of lanes are stored, hence the room for n + 8.  With ahead,
- * one cache line per 16 scores of next and of dst (each NULL or n floats) is prefetched. */
+ * one cache line per 16 scores of next and of dst (each NULL or n floats) is prefetched.  ahead is a constant in
+ * each caller rather than derived from next and dst: testing them in the loop took 2-6% longer on boosted and
+ * absolute scores at 256 x 1024 and 1024 x 512. */
 __attribute__((target("avx2,popcnt"), always_inline)) static inline int64_t
 collect_body(const float *s, const int32_t *ids, int64_t n, float t, int32_t *out, float *values, int ahead,
              const float *next, const float *dst) {
