@@ -145,11 +145,12 @@ class SparseActivation(nn.Module):
         self.k, self.s_max, self.tau = state["k"], state["s_max"], state["tau"]
 
     def _apply(self, fn: Any, recurse: bool = True) -> SparseActivation:
+        before = {name: getattr(self, name) for name in _FLOAT32_STATE}
         super()._apply(fn, recurse)
-        for name in _FLOAT32_STATE:
-            buffer = getattr(self, name)
-            if buffer.dtype != torch.float32:
-                setattr(self, name, buffer.float())
+        for name, kept in before.items():
+            cast = getattr(self, name)
+            if cast.dtype != torch.float32:  # the values from before the cast, not rounded through it
+                setattr(self, name, kept.to(cast.device))
         return self
 
     # --- forward -----------------------------------------------------------------------------------

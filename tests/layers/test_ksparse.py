@@ -169,8 +169,13 @@ def test_low_precision_inputs_keep_float32_state(dtype: torch.dtype) -> None:
     out.float().sum().backward()
     assert out.dtype == dtype and x.grad.dtype == dtype
     assert (out != 0).sum(dim=1).eq(layer.k).all()
+    layer(torch.randn(7, 64))  # duty cycles in sevenths now, which half precision cannot hold
+    layer.boost_strength.mul_(0.9)  # as DutyCycleBoosting after an epoch
+    state = {name: getattr(layer, name).clone() for name in ("duty_cycle", "sensitivity", "boost_strength")}
+    assert not torch.equal(state["duty_cycle"].half().float(), state["duty_cycle"])  # the test can fail
     layer.half()
-    assert layer.duty_cycle.dtype == torch.float32 and layer.sensitivity.dtype == torch.float32
+    for name, before in state.items():  # the values, not only the dtype: nothing rounded through half precision
+        assert getattr(layer, name).dtype == torch.float32 and torch.equal(getattr(layer, name), before), name
 
 
 def test_cpu_autocast_bf16() -> None:
