@@ -270,7 +270,7 @@ def _boost_factors(boost: Tensor | None, n: int, caller: str) -> Tensor | None:
     """``boost`` as the kernels read it (contiguous float32), checked to be a CPU ``(n,)`` tensor."""
     if boost is None:
         return None
-    if boost.shape != (n,) or boost.device.type != "cpu":
+    if boost.shape != (n,) or not boost.is_cpu:
         raise ValueError(
             f"{caller}: expected a CPU `boost` of shape ({n},), but got {tuple(boost.shape)} on {boost.device}."
         )
@@ -298,12 +298,12 @@ def take_rows(src: Tensor, indices: Tensor, factors: Tensor | None = None, relu:
     """A tensor like ``src``, zero but at ``indices`` (last dim), where it holds ``src`` (ReLU'd) * ``factors``."""
     lib = library()
     n, k = src.shape[-1], indices.shape[-1]
-    if indices.dtype != torch.int64 or indices.device.type != "cpu" or indices.shape[:-1] != src.shape[:-1]:
+    if indices.dtype != torch.int64 or not indices.is_cpu or indices.shape[:-1] != src.shape[:-1]:
         raise ValueError(
             f"take_rows: expected int64 CPU `indices` shaped {(*src.shape[:-1], k)}, but got {indices.dtype} "
             f"{tuple(indices.shape)} on {indices.device}."
         )
-    if factors is not None and (factors.device.type != "cpu" or factors.shape != indices.shape):
+    if factors is not None and (not factors.is_cpu or factors.shape != indices.shape):
         raise ValueError(
             f"take_rows: expected CPU `factors` shaped like `indices` {tuple(indices.shape)}, but got "
             f"{tuple(factors.shape)} on {factors.device}."

@@ -37,7 +37,7 @@ from ksparse_pl.functional.native_duty_cycle import add_wins_
 from ksparse_pl.layers._distributed import distributed, gather_statistics
 
 # State that must keep full precision whatever dtype the module is cast to (``.half()``, "16-true").
-_FLOAT32_STATE = ("duty_cycle", "sensitivity", "boost_strength")
+_FLOAT32_STATE = ("duty_cycle", "sensitivity", "boost_strength", "_target_density")
 
 
 class SparseActivation(nn.Module):
@@ -62,6 +62,7 @@ class SparseActivation(nn.Module):
     boost_strength: Tensor
     samples_seen: Tensor
     selection_count: Tensor
+    _target_density: Tensor
 
     def __init__(
         self,
@@ -101,6 +102,9 @@ class SparseActivation(nn.Module):
         self.register_buffer("boost_strength", torch.tensor(float(boost_strength)))
         self.register_buffer("samples_seen", torch.tensor(0, dtype=torch.long))
         self.register_buffer("selection_count", torch.zeros(units, dtype=torch.long))
+        # k / width as a tensor for the boost factors: an operation with a Python number first wraps it in one,
+        # which cost about as much as the arithmetic on a few thousand units (derived from k, so not saved).
+        self.register_buffer("_target_density", _density(self._k, width), persistent=False)
 
     # --- k and the scheduled settings -------------------------------------------------------------
     @property
@@ -111,6 +115,8 @@ class SparseActivation(nn.Module):
     @k.setter
     def k(self, value: int) -> None:
         self._k = check_k(value, self.width)
+        # A new tensor rather than fill_: the old one may be shared with other processes (share_memory()).
+        self._target_density = _density(self._k, self.width, self._target_density.device)
 
     @property
     def k_inference(self) -> int:
@@ -196,7 +202,7 @@ class SparseActivation(nn.Module):
         """The boost factor of every candidate along the unit dim, or None without boosting."""
         if not self.boosting:
             return None
-        return self._per_candidate(boost_factors(self.duty_cycle, self._k / self.width, self.boost_strength))
+        return self._per_candidate(boost_factors(self.duty_cycle, self._target_density, self.boost_strength))
 
     def _scores(self, candidates: Tensor) -> Tensor:
         return selection_scores(candidates, by_magnitude=self.by_magnitude, boost_factors=self._boost())
@@ -256,22 +262,23 @@ class SparseActivation(nn.Module):
                 "are discarded after each forward); use DistributedDataParallel (Lightning strategy='ddp')."
             )
         batch = candidates.shape[0]
-        with torch.no_grad():
-            self._own_state()
-            if not distributed():
-                return self._update_local_state(counts, batch, self._positions(candidates), pairs)
-            last = last_selected(*pairs, self.units) if pairs is not None else counts.new_empty(0)
-            local = torch.cat([counts, last, counts.new_tensor([batch])])
-            gathered, rank = gather_statistics(local)  # (R, n + len(last) + 1)
-            sizes = gathered[:, -1]
-            factors = None
-            if pairs is not None:
-                start, final = sensitivity_across(
-                    gathered[:, self.units : 2 * self.units], sizes, rank, self.sensitivity, self._s_max, self._tau
-                )
-                factors = sensitivity_factors_at(*pairs, start, batch, self._s_max, self._tau)
-                self.sensitivity.copy_(final)
-            self._add_wins(gathered[:, : self.units].sum(0), sizes.sum(), self._positions(candidates))
+        # No no_grad block: nothing here reads a tensor that requires grad (counts, pairs and the buffers), and
+        # entering one cost a few microseconds per training step.
+        self._own_state()
+        if not distributed():
+            return self._update_local_state(counts, batch, self._positions(candidates), pairs)
+        last = last_selected(*pairs, self.units) if pairs is not None else counts.new_empty(0)
+        local = torch.cat([counts, last, counts.new_tensor([batch])])
+        gathered, rank = gather_statistics(local)  # (R, n + len(last) + 1)
+        sizes = gathered[:, -1]
+        factors = None
+        if pairs is not None:
+            start, final = sensitivity_across(
+                gathered[:, self.units : 2 * self.units], sizes, rank, self.sensitivity, self._s_max, self._tau
+            )
+            factors = sensitivity_factors_at(*pairs, start, batch, self._s_max, self._tau)
+            self.sensitivity.copy_(final)
+        self._add_wins(gathered[:, : self.units].sum(0), sizes.sum(), self._positions(candidates))
         return factors
 
     def _update_local_state(
@@ -388,6 +395,10 @@ def _pairs_of(selected: Tensor) -> tuple[Tensor, Tensor]:
 def _dense(values: Tensor, pairs: tuple[Tensor, Tensor], shape: tuple[int, int] | torch.Size) -> Tensor:
     """An ``(S, units)`` tensor holding ``values`` at the ``(sample, unit)`` pairs, 0 elsewhere."""
     return torch.zeros(tuple(shape), dtype=values.dtype, device=values.device).index_put_(pairs, values)
+
+
+def _density(k: int, width: int, device: torch.device | None = None) -> Tensor:
+    return torch.tensor(k / width, dtype=torch.float32, device=device)
 
 
 def _check_factor(value: float) -> float:

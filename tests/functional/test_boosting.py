@@ -10,6 +10,18 @@ def test_boost_factors_by_hand() -> None:
     torch.testing.assert_close(factors, torch.tensor([math.exp(0.2), math.exp(-0.2)]))
 
 
+def test_a_tensor_target_gives_the_factors_of_its_float32_value_and_leaves_the_duty_cycle() -> None:
+    torch.manual_seed(0)
+    for strength in (torch.tensor(1.7), 0.3):
+        duty = torch.rand(1000) * 0.2
+        before = duty.clone()
+        target = 0.05 + 0.1 * torch.rand(()).item()
+        by_tensor = boost_factors(duty, torch.tensor(target), strength)
+        assert torch.equal(by_tensor, boost_factors(duty, target, strength))
+        assert torch.equal(by_tensor, torch.exp(strength * (target - duty)))  # Numenta's expression, bit for bit
+        assert torch.equal(duty, before)
+
+
 def test_zero_strength_is_identity() -> None:
     assert boost_factors(torch.rand(5), 0.3, 0.0).eq(1).all()
 

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from ksparse_pl import KSparse, KWinners
-from ksparse_pl.functional import keep_winners
+from ksparse_pl.functional import boost_factors, keep_winners
 
 
 def test_exactly_k_per_sample_any_leading_shape() -> None:
@@ -159,6 +159,25 @@ def test_state_dict_round_trip_restores_all_state() -> None:
     assert (restored.k, restored.s_max, restored.tau) == (3, 6.0, 9.0)
     x = torch.randn(4, 20)
     torch.testing.assert_close(restored(x), layer(x))
+
+
+def test_boost_factors_follow_k_through_schedules_checkpoints_and_casts() -> None:
+    def expected(layer: KSparse) -> torch.Tensor:
+        return boost_factors(layer.duty_cycle, layer.k / layer.n, layer.boost_strength)
+
+    layer = KWinners(20, percent_on=0.2)
+    for _ in range(3):
+        layer(torch.randn(8, 20))
+    assert torch.equal(layer._boost(), expected(layer))
+    shared = layer.share_memory()._target_density
+    layer.k = 3
+    assert shared.item() == pytest.approx(0.2)  # another process's copy keeps its own k
+    assert torch.equal(layer._boost(), expected(layer))
+    assert not any("target" in name for name in layer.state_dict())  # derived from k, which the extra state keeps
+    restored = KWinners(20, percent_on=0.2)
+    restored.load_state_dict(layer.state_dict())
+    assert torch.equal(restored._boost(), expected(layer))
+    assert torch.equal(restored.half()._boost(), expected(layer))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
