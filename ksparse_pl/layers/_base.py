@@ -97,9 +97,10 @@ class SparseActivation(nn.Module):
         self._s_max = check_at_least(s_max, 1.0, "s_max")
         self._tau = check_at_least(tau, 1.0, "tau")
         self.threshold_mode = threshold_mode
-        self.register_buffer("duty_cycle", torch.zeros(units))
-        self.register_buffer("sensitivity", torch.ones(units))
-        self.register_buffer("boost_strength", torch.tensor(float(boost_strength)))
+        # float32 whatever the default dtype (Lightning's "16-true" builds modules under a half default).
+        self.register_buffer("duty_cycle", torch.zeros(units, dtype=torch.float32))
+        self.register_buffer("sensitivity", torch.ones(units, dtype=torch.float32))
+        self.register_buffer("boost_strength", torch.tensor(float(boost_strength), dtype=torch.float32))
         self.register_buffer("samples_seen", torch.tensor(0, dtype=torch.long))
         self.register_buffer("selection_count", torch.zeros(units, dtype=torch.long))
         # k / width as a tensor for the boost factors: an operation with a Python number first wraps it in one,
@@ -156,7 +157,7 @@ class SparseActivation(nn.Module):
         for name, kept in before.items():
             cast = getattr(self, name)
             if cast.dtype != torch.float32:  # the values from before the cast, not rounded through it
-                setattr(self, name, kept.to(cast.device))
+                setattr(self, name, kept.to(cast.device, torch.float32))
         return self
 
     # --- forward -----------------------------------------------------------------------------------

@@ -197,6 +197,19 @@ def test_low_precision_inputs_keep_float32_state(dtype: torch.dtype) -> None:
         assert getattr(layer, name).dtype == torch.float32 and torch.equal(getattr(layer, name), before), name
 
 
+def test_state_is_float32_when_built_under_a_half_default_dtype() -> None:
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float16)  # as Lightning's "16-true" module init does
+    try:
+        layer = KWinners(20, boost_strength=0.9)
+    finally:
+        torch.set_default_dtype(default)
+    for cast in (layer, layer.half()):
+        for name in ("duty_cycle", "sensitivity", "boost_strength"):
+            assert getattr(cast, name).dtype == torch.float32, name
+    assert layer.boost_strength.item() == pytest.approx(0.9, abs=1e-7)  # not 0.8999 from half precision
+
+
 def test_cpu_autocast_bf16() -> None:
     model = nn.Sequential(nn.Linear(16, 64), KWinners(64, sensitivity=True), nn.Linear(64, 4))
     with torch.autocast("cpu", dtype=torch.bfloat16):
