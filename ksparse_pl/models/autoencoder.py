@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from pytorch_lightning.cli import OptimizerCallable
 from torch import Tensor, nn
@@ -61,7 +62,8 @@ class SparseAutoencoder(pl.LightningModule):
         penalty: activation penalty on the code (see :mod:`ksparse_pl.penalties`).
         penalty_weight: its coefficient in the loss.
         penalty_target: the target rate of ``kl`` and ``mean_activation``.
-        auxk: Gao et al.'s AuxK: the top-``auxk`` dead units reconstruct the residual; 0 is off.
+        auxk: Gao et al.'s AuxK: the top-``auxk`` dead units reconstruct the residual; 0 is off. Under DDP the
+            residual's variance that normalizes it is the global batch's, so training matches one process.
         auxk_coefficient: its coefficient in the loss (Gao: 1/32).
         dead_after: training samples without firing after which a unit counts as dead for AuxK (under DDP,
             the samples of all processes count).
@@ -241,7 +243,11 @@ class SparseAutoencoder(pl.LightningModule):
         return bias
 
     def _auxk_loss(self, residual: Tensor, pre: Tensor, features: Tensor) -> Tensor:
-        """Gao et al.: the top dead units alone reconstruct the residual, normalized by its variance."""
+        """Gao et al.: the top dead units alone reconstruct the residual, normalized by its variance.
+
+        Under DDP the normalizer is the global batch's and the loss is this rank's share times the number of
+        ranks: DDP averages the ranks' gradients, which then equal one process's over the global batch.
+        """
         dead = self.idle_samples >= self._options.dead_after
         k_aux = min(self._options.auxk, int(dead.sum()))
         if k_aux == 0:
@@ -253,9 +259,10 @@ class SparseAutoencoder(pl.LightningModule):
         else:
             code = torch.zeros_like(pre).scatter(1, indices, pre.gather(1, indices).relu())
             reconstruction = code @ self._decoder_rows()  # no bias: it reconstructs a residual
-        return (reconstruction - residual).square().sum() / (residual - residual.mean(0)).square().sum().clamp_min(
-            1e-12
-        )
+        error = (reconstruction - residual).square().sum()
+        if not distributed():
+            return error / _spread(residual).clamp_min(1e-12)
+        return error / _global_spread(residual).clamp_min(1e-12) * dist.get_world_size()
 
     def _evaluate(self, batch: Any, stage: str, fvu: FractionOfVarianceUnexplained) -> None:
         x = inputs_of(batch)
@@ -363,6 +370,22 @@ def _code_activation(name: str, width: int, k: int | None, hp: Any) -> nn.Module
         s_max=hp.s_max,
         tau=hp.tau,
     )
+
+
+def _spread(values: Tensor) -> Tensor:
+    """The sum over samples (dim 0) of each sample's squared distance to their mean."""
+    return (values - values.mean(0)).square().sum()
+
+
+def _global_spread(values: Tensor) -> Tensor:
+    """:func:`_spread` over every process's samples: each process's count, mean and spread, gathered and combined
+    (Chan et al.'s pairwise update, in float64), as one process over the global batch would compute it."""
+    mean = values.mean(0).reshape(-1)
+    local = torch.cat([mean.new_tensor([values.shape[0]]), mean, _spread(values)[None]]).double()
+    gathered, _ = gather_statistics(local)  # (ranks, 1 + features + 1)
+    counts, means, spreads = gathered[:, 0], gathered[:, 1:-1], gathered[:, -1]
+    overall = (counts[:, None] * means).sum(0) / counts.sum()
+    return (spreads.sum() + (counts * (means - overall).square().sum(1)).sum()).to(values.dtype)
 
 
 def _fired_in_global_batch(fired: Tensor, samples: int) -> tuple[Tensor, Tensor | int]:

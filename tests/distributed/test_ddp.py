@@ -207,13 +207,14 @@ def test_lsuv_init_gives_every_rank_rank_zeros_weights(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("sparse_path", [False, True], ids=["dense_path", "sparse_path"])
-def test_autoencoder_idle_samples_count_the_global_batch(tmp_path: Path, sparse_path: bool) -> None:
-    """AuxK's dead units: idle counts over both ranks' samples, as one process over the global batch counts."""
+def test_autoencoder_auxk_counts_and_normalizes_over_the_global_batch(tmp_path: Path, sparse_path: bool) -> None:
+    """AuxK: idle counts over both ranks' samples, and the residual's spread over the global batch, as one process
+    over the global batch has them (units idle for a global batch are dead here, so AuxK trains them)."""
     data = dataset()
 
     def autoencoder() -> SparseAutoencoder:
         sgd = functools.partial(torch.optim.SGD, lr=0.05)
-        return SparseAutoencoder(10, 32, k=2, sparse_path=sparse_path, optimizer=sgd)
+        return SparseAutoencoder(10, 32, k=2, sparse_path=sparse_path, optimizer=sgd, auxk=4, dead_after=16)
 
     pl.seed_everything(0)
     lightning_trainer([SaveRankState(str(tmp_path))], devices=2).fit(autoencoder(), DataLoader(data, batch_size=8))
