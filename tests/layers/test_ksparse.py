@@ -204,9 +204,11 @@ def test_state_is_float32_when_built_under_a_half_default_dtype() -> None:
         layer = KWinners(20, boost_strength=0.9)
     finally:
         torch.set_default_dtype(default)
-    for cast in (layer, layer.half()):
+    for stage in ("built", "cast"):  # half() works in place: check the layer as built, then after it
+        if stage == "cast":
+            layer.half()
         for name in ("duty_cycle", "sensitivity", "boost_strength"):
-            assert getattr(cast, name).dtype == torch.float32, name
+            assert getattr(layer, name).dtype == torch.float32, (stage, name)
     assert layer.boost_strength.item() == pytest.approx(0.9, abs=1e-7)  # not 0.8999 from half precision
 
 
