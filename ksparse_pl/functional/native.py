@@ -101,14 +101,15 @@ def _library() -> ctypes.CDLL | None:
     # (x, boost, by_magnitude, dst, bits, relu, counts, rows, n, k, z, z_low, threads)
     keep = lib.ksparse_keep_at_least_rows
     keep.argtypes = [pointer, pointer, flag, pointer, pointer, flag, pointer, i64, i64, i64, f32, f32, ctypes.c_int]
-    # (x, boost, by_magnitude, relu, out, indices, bits, counts, batch, channels, positions, k, vectorized, threads)
-    lib.ksparse_select_channels.argtypes = [pointer, pointer, flag, flag, *[pointer] * 4, *[i64] * 4, flag, flag]
-    # the same without indices
+    # (x, boost, by_magnitude, relu, out, indices, bits, counts, per_sample, batch, channels, positions, k,
+    #  vectorized, threads)
+    lib.ksparse_select_channels.argtypes = [pointer, pointer, flag, flag, *[pointer] * 4, flag, *[i64] * 4, flag, flag]
+    # the same without indices and per_sample
     lib.ksparse_keep_at_least_channels.argtypes = [pointer, pointer, flag, flag, *[pointer] * 3, *[i64] * 4, flag, flag]
     # (grad, indices, factors, batch, channels, positions, k, threads)
     lib.ksparse_scale_channel_winners.argtypes = [pointer, pointer, pointer, *[i64] * 4, flag]
-    # (src, bits, dst, rows, n, threads)
-    lib.ksparse_take_bits_rows.argtypes = [pointer, pointer, pointer, i64, i64, ctypes.c_int]
+    # (src, bits, factors, groups, dst, rows, n, threads)
+    lib.ksparse_take_bits_rows.argtypes = [pointer, pointer, pointer, i64, pointer, i64, i64, ctypes.c_int]
     lib.ksparse_take_bits_rows.restype = None
     # (matrix or source, indices, coefficients or source, out, batch, k, m, d, threads)
     for name in ("ksparse_gather_rows", "ksparse_dot_rows", "ksparse_scatter_rows"):

@@ -138,7 +138,8 @@ class ChannelSelection(NamedTuple):
     #: ``(B, k, ...)`` int64: the winning channels at each position, ascending along dim 1 (None unless asked)
     indices: Tensor | None
     bits: Tensor  #: ``(B, ceil(C * P / 8))`` uint8: where the gradient passes, for :func:`take_bits_rows`
-    counts: Tensor | None  #: ``(C,)`` int64: at how many positions each channel won
+    #: ``(C,)`` int64: at how many positions each channel won; with ``per_sample`` ``(B, C)``, in each sample
+    counts: Tensor | None
 
 
 def select_channels(
@@ -149,6 +150,7 @@ def select_channels(
     by_magnitude: bool = False,
     relu: bool = False,
     counts: bool = False,
+    per_sample: bool = False,
     indices: bool = True,
     vectorized: bool = True,
 ) -> ChannelSelection:
@@ -159,10 +161,13 @@ def select_channels(
     sample's row (``P`` positions per channel), where the gradient passes, as in :func:`keep_at_least_rows`.
     ``x`` must be a contiguous float32 CPU tensor and ``k`` in ``[1, min(C, CHANNELS_MAX_K)]``. ``indices=False``
     leaves the winners out (None), which saves the kernel a third of its time or more (it need not keep track
-    of them). ``vectorized=False`` runs the portable code that CPUs without AVX2 get (for tests).
+    of them). ``per_sample`` counts each sample's wins apart: ``(B, C)`` counts instead of ``(C,)``.
+    ``vectorized=False`` runs the portable code that CPUs without AVX2 get (for tests).
     """
     winners = torch.empty(x.shape[0], k, *x.shape[2:], dtype=torch.int64) if indices else None
-    out, bits, wins = _run_channels("select_channels", x, k, winners, boost, by_magnitude, relu, counts, vectorized)
+    out, bits, wins = _run_channels(
+        "select_channels", x, k, winners, boost, by_magnitude, relu, counts, vectorized, per_sample=per_sample
+    )
     return ChannelSelection(out, winners, bits, wins)
 
 
@@ -217,15 +222,16 @@ def _run_channels(
     relu: bool,
     counts: bool,
     vectorized: bool,
+    per_sample: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """``(output, bits, counts)`` of the channel kernel ``ksparse_<caller>``; ``ksparse_select_channels`` also
-    writes ``indices``, if given."""
+    writes ``indices``, if given, and counts per sample with ``per_sample``."""
     batch, channels = x.shape[:2]
     positions = math.prod(x.shape[2:])
     factors = _boost_factors(boost, channels, caller)
     out = torch.empty_like(x)
     bits = torch.empty(batch, (channels * positions + 7) // 8, dtype=torch.uint8)
-    wins = torch.zeros(channels, dtype=torch.int64) if counts else None
+    wins = torch.zeros(*([batch] if per_sample else []), channels, dtype=torch.int64) if counts else None
     status = getattr(library(), f"ksparse_{caller}")(
         x.data_ptr(),
         None if factors is None else factors.data_ptr(),
@@ -235,6 +241,7 @@ def _run_channels(
         *([None if indices is None else indices.data_ptr()] if caller == "select_channels" else []),
         bits.data_ptr(),
         None if wins is None else wins.data_ptr(),
+        *([int(per_sample)] if caller == "select_channels" else []),
         batch,
         channels,
         positions,
@@ -249,8 +256,13 @@ def _run_channels(
     return out, bits, wins
 
 
-def take_bits_rows(src: Tensor, bits: Tensor) -> Tensor:
-    """A tensor like ``src``: ``src`` where the bit of :func:`keep_at_least_rows`' ``bits`` is set, 0 elsewhere."""
+def take_bits_rows(src: Tensor, bits: Tensor, factors: Tensor | None = None) -> Tensor:
+    """A tensor like ``src``: ``src`` where the bit of :func:`keep_at_least_rows`' ``bits`` is set, 0 elsewhere.
+
+    ``factors``: ``(rows, G)`` with ``G`` dividing the row length ``n``: the kept entries of row ``r`` are also
+    multiplied by ``factors[r, i // (n // G)]`` (a factor per group of ``n // G`` entries: a channel's positions
+    in a row of the channel kernel's bits), in float32.
+    """
     n = src.shape[-1]
     rows = _as_rows(src)
     if bits.dtype != torch.uint8 or bits.shape != (rows.shape[0], (n + 7) // 8) or not bits.is_contiguous():
@@ -258,10 +270,25 @@ def take_bits_rows(src: Tensor, bits: Tensor) -> Tensor:
             f"take_bits_rows: expected contiguous uint8 `bits` of shape {(rows.shape[0], (n + 7) // 8)}, but got "
             f"{bits.dtype} {tuple(bits.shape)}."
         )
+    if factors is not None:
+        groups = factors.shape[1] if factors.dim() == 2 else 0
+        if groups < 1 or n % groups or factors.shape[0] != rows.shape[0] or not factors.is_cpu:
+            raise ValueError(
+                f"take_bits_rows: expected CPU `factors` of shape ({rows.shape[0]}, G) with G dividing {n}, but got "
+                f"{tuple(factors.shape)} on {factors.device}."
+            )
+        factors = factors.to(torch.float32).contiguous()
     out = torch.empty_like(rows)
     if rows.shape[0]:
         library().ksparse_take_bits_rows(
-            rows.data_ptr(), bits.data_ptr(), out.data_ptr(), rows.shape[0], n, torch.get_num_threads()
+            rows.data_ptr(),
+            bits.data_ptr(),
+            None if factors is None else factors.data_ptr(),
+            0 if factors is None else factors.shape[1],
+            out.data_ptr(),
+            rows.shape[0],
+            n,
+            torch.get_num_threads(),
         )
     return out if src.dim() == 2 else out.view(src.shape)
 

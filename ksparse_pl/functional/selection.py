@@ -29,7 +29,8 @@ from ksparse_pl.functional.native_topk import (
     take_rows,
 )
 
-#: ``grad_scale_of(indices, counts)`` of :func:`select_and_keep`: per-winner gradient factors, or None.
+#: ``grad_scale_of(indices, counts)`` of :func:`select_and_keep`: gradient factors (one per winner, or with
+#: ``per_sample`` one per sample and index), or None.
 GradScaleOf = Callable[[Tensor | None, Tensor | None], Tensor | None]
 
 
@@ -174,29 +175,45 @@ class _SelectRows(torch.autograd.Function):
         counts: bool,
         grad_scale_of: GradScaleOf | None,
         indices: bool,
+        per_sample: bool,
     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        # Per sample, the counts and the factors go through the winners (each row wins an index at most once).
         selection = select_rows(
-            x, k, boost=boost, by_magnitude=by_magnitude, output=True, relu=relu, counts=counts, indices=indices
+            x,
+            k,
+            boost=boost,
+            by_magnitude=by_magnitude,
+            output=True,
+            relu=relu,
+            counts=counts and not per_sample,
+            indices=indices or per_sample,
         )
-        grad_scale = _grad_scale(grad_scale_of, selection.indices, selection.counts)
+        winners, wins = selection.indices, selection.counts
+        if per_sample and counts:
+            assert winners is not None  # asked for above
+            wins = _sample_counts(winners, x.shape[-1])
+        reported = winners if indices else None
+        grad_scale = _grad_scale(grad_scale_of, reported, wins, _per_sample_shape(x, -1) if per_sample else None)
         if grad_scale is None:
             ctx.save_for_backward(selection.bits, None, None)
         else:
-            assert selection.indices is not None  # _grad_scale gives factors only for given winners
-            ctx.save_for_backward(None, selection.indices, _winner_factors(x, selection.indices, relu, grad_scale))
-        if selection.indices is not None:
-            ctx.mark_non_differentiable(selection.indices)
+            assert winners is not None  # factors are given for given winners, or per sample (winners asked for)
+            if per_sample:
+                grad_scale = _factors_per_winner(grad_scale, winners)
+            ctx.save_for_backward(None, winners, _winner_factors(x, winners, relu, grad_scale))
+        if reported is not None:
+            ctx.mark_non_differentiable(reported)
         # Only the output is differentiable, so its gradient is always given; without this autograd would
         # also fill a (B, k) int64 tensor of zeros as the indices' "gradient" before every backward.
         ctx.set_materialize_grads(False)
-        return selection.output, selection.indices, selection.counts  # type: ignore[return-value]
+        return selection.output, reported, wins  # type: ignore[return-value]
 
     @staticmethod
     @first_order_only
-    def backward(ctx: Any, grad: Tensor, *_: Any) -> tuple[Tensor, None, None, None, None, None, None, None]:
+    def backward(ctx: Any, grad: Tensor, *_: Any) -> tuple[Tensor, None, None, None, None, None, None, None, None]:
         bits, indices, factors = ctx.saved_tensors
         passed = take_rows(grad, indices, factors) if bits is None else _passed_by_bits(grad, bits)
-        return passed, None, None, None, None, None, None, None
+        return passed, None, None, None, None, None, None, None, None
 
 
 class _SelectChannels(torch.autograd.Function):
@@ -214,12 +231,23 @@ class _SelectChannels(torch.autograd.Function):
         counts: bool,
         grad_scale_of: GradScaleOf | None,
         indices: bool,
+        per_sample: bool,
     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         selection = select_channels(
-            x, k, boost=boost, by_magnitude=by_magnitude, relu=relu, counts=counts, indices=indices
+            x,
+            k,
+            boost=boost,
+            by_magnitude=by_magnitude,
+            relu=relu,
+            counts=counts,
+            per_sample=per_sample,
+            indices=indices,
         )
-        grad_scale = _grad_scale(grad_scale_of, selection.indices, selection.counts)
-        ctx.save_for_backward(selection.bits, None if grad_scale is None else selection.indices, grad_scale)
+        per_sample_shape = _per_sample_shape(x, 1) if per_sample else None
+        grad_scale = _grad_scale(grad_scale_of, selection.indices, selection.counts, per_sample_shape)
+        # Per sample the factors stay (B, C): the backward scales each channel's positions as it masks them.
+        winners = None if grad_scale is None or per_sample else selection.indices
+        ctx.save_for_backward(selection.bits, winners, grad_scale)
         if selection.indices is not None:
             ctx.mark_non_differentiable(selection.indices)
         ctx.set_materialize_grads(False)
@@ -227,12 +255,15 @@ class _SelectChannels(torch.autograd.Function):
 
     @staticmethod
     @first_order_only
-    def backward(ctx: Any, grad: Tensor, *_: Any) -> tuple[Tensor, None, None, None, None, None, None, None]:
+    def backward(ctx: Any, grad: Tensor, *_: Any) -> tuple[Tensor, None, None, None, None, None, None, None, None]:
         bits, indices, grad_scale = ctx.saved_tensors
-        passed = _passed_by_bits(grad, bits)
-        if grad_scale is not None:  # k of C entries per position: scaled where they are, not by a (B, C, ...) map
+        if grad_scale is not None and indices is None:  # per sample and channel: (B, C)
+            passed = take_bits_rows(grad.reshape(bits.shape[0], -1), bits, grad_scale).view(grad.shape)
+        else:
+            passed = _passed_by_bits(grad, bits)
+        if grad_scale is not None and indices is not None:  # k of C entries per position: scaled where they are
             scale_channel_winners_(passed, indices, grad_scale)
-        return passed, None, None, None, None, None, None, None
+        return passed, None, None, None, None, None, None, None, None
 
 
 def _passed_by_bits(grad: Tensor, bits: Tensor) -> Tensor:
@@ -249,25 +280,52 @@ def _channels_native(x: Tensor, dim: int, k: int) -> bool:
     return x.dim() > 2 and dim % x.dim() == 1 and k <= CHANNELS_MAX_K and x.is_contiguous() and native_serves(x)
 
 
-def _grad_scale(grad_scale_of: GradScaleOf | None, indices: Tensor | None, counts: Tensor | None) -> Tensor | None:
-    """What ``grad_scale_of`` gives for these winners, checked to hold one factor per winner."""
+def _grad_scale(
+    grad_scale_of: GradScaleOf | None,
+    indices: Tensor | None,
+    counts: Tensor | None,
+    per_sample_shape: tuple[int, int] | None = None,
+) -> Tensor | None:
+    """What ``grad_scale_of`` gives for these winners, checked to hold one factor per winner (or with
+    ``per_sample_shape``, one per sample and index)."""
     if grad_scale_of is None:
         return None
     scale = grad_scale_of(indices, counts)
     if scale is None:
         return None
-    if indices is None:
+    expected: tuple[int, ...]
+    if per_sample_shape is not None:
+        expected, what = per_sample_shape, "one factor per sample and index (per_sample=True)"
+    elif indices is None:
         raise ValueError(
             "select_and_keep: `grad_scale_of` returned gradient factors, but with `indices=False` there are no "
-            "winners to give them to; pass `indices=True`."
+            "winners to give them to; pass `indices=True` (or `per_sample=True` for factors per sample and index)."
         )
-    if not isinstance(scale, Tensor) or scale.shape != indices.shape:
+    else:
+        expected, what = tuple(indices.shape), "one factor per winner, shaped like the indices"
+    if not isinstance(scale, Tensor) or tuple(scale.shape) != expected:
         got = f"shape {tuple(scale.shape)}" if isinstance(scale, Tensor) else type(scale).__name__
-        raise ValueError(
-            f"select_and_keep: `grad_scale_of` must return None or one factor per winner, shaped like the indices "
-            f"{tuple(indices.shape)}, but returned {got}."
-        )
+        raise ValueError(f"select_and_keep: `grad_scale_of` must return None or {what} {expected}, but returned {got}.")
     return scale
+
+
+def _per_sample_shape(x: Tensor, dim: int) -> tuple[int, int]:
+    """``(S, n)``: the samples (dim 0) by the indices along ``dim``, the shape of per-sample counts and factors."""
+    return x.shape[0], x.shape[dim]
+
+
+def _sample_counts(winners: Tensor, n: int) -> Tensor:
+    """``(S, n)`` int64: in how many of sample ``s``'s slices index ``c`` won, from winners ``(S, ..., k)`` along
+    the last dim."""
+    flat = winners.reshape(winners.shape[0], -1)
+    counts = torch.zeros(flat.shape[0], n, dtype=torch.int64, device=flat.device)
+    return counts.scatter_add_(1, flat, torch.ones_like(flat))
+
+
+def _factors_per_winner(factors: Tensor, winners: Tensor) -> Tensor:
+    """Per-sample-and-index ``factors`` ``(S, n)`` as one factor per winner of ``winners`` ``(S, ..., k)`` (along the
+    last dim)."""
+    return factors.gather(1, winners.reshape(winners.shape[0], -1)).view_as(winners)
 
 
 def _native_elsewhere(x: Tensor, dim: int) -> bool:
@@ -306,6 +364,7 @@ def select_and_keep(
     counts: bool = False,
     grad_scale_of: GradScaleOf | None = None,
     indices: bool = True,
+    per_sample: bool = False,
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """Top-k selection and its sparse output in one step: what a k-sparse layer does.
 
@@ -329,23 +388,39 @@ def select_and_keep(
             like ``indices`` (a layer updates its state there, and with sensitivity returns its winners' factors).
         indices: also return the winners; ``False`` gives None in their place, and the kernels then do not write
             them (the channel kernel does not track them either: a third of its time or more).
+        per_sample: count and scale per sample (dim 0, so ``dim`` must be another): ``counts`` is then ``(S, n)``
+            (``S = x.shape[0]``, ``n = x.shape[dim]``), how many of sample ``s``'s slices index ``c`` won in (at
+            how many positions, for maps), and ``grad_scale_of`` returns ``(S, n)`` factors: the gradient at every
+            winner of index ``c`` in sample ``s`` is multiplied by ``[s, c]`` (a layer's per-sample, per-channel
+            state; the channel kernel then builds nothing per winner).
 
     Returns:
         ``(output, indices, counts)``: the sparse output, the winners along ``dim`` (None unless ``indices``), and
-        the ``(x.shape[dim],)`` int64 win counts (None unless ``counts``).
+        the ``(x.shape[dim],)`` int64 win counts (``(S, n)`` with ``per_sample``; None unless ``counts``).
+
+    Raises:
+        ValueError: ``per_sample`` with ``dim`` 0 or a 1-D ``x``; ``grad_scale_of`` returning factors of another
+            shape than the winners' (or ``(S, n)``), or factors with ``indices=False`` and not ``per_sample``.
     """
     check_float_input(x)
     n = x.shape[dim]
     check_k(k, n)
+    if per_sample and (x.dim() < 2 or dim % x.dim() == 0):
+        raise ValueError(
+            f"select_and_keep: `per_sample=True` counts per sample along dim 0, so it needs `x` with 2 or more dims "
+            f"and `dim` other than 0, but got `x` of shape {tuple(x.shape)} and dim={dim}."
+        )
     if native_applies(x, dim) and (boost_factors is None or boost_factors.shape == (n,)):
-        return _SelectRows.apply(x, k, boost_factors, by_magnitude, relu, counts, grad_scale_of, indices)
+        return _SelectRows.apply(x, k, boost_factors, by_magnitude, relu, counts, grad_scale_of, indices, per_sample)
     boost = _per_index(boost_factors, x, dim)
     if _channels_native(x, dim, k) and (boost_factors is None or boost is not None):
-        return _SelectChannels.apply(x, k, boost, by_magnitude, relu, counts, grad_scale_of, indices)
+        return _SelectChannels.apply(x, k, boost, by_magnitude, relu, counts, grad_scale_of, indices, per_sample)
     if _native_elsewhere(x, dim) and (boost_factors is None or boost is not None):
         # The kernel reads rows: the units' dim moved last (one copy), the results moved back as views.
         def moved_scale_of(winners: Tensor | None, wins: Tensor | None) -> Tensor | None:
             assert grad_scale_of is not None
+            if per_sample:  # (S, n) whatever the layout, as dim 0 stays first
+                return _grad_scale(grad_scale_of, _moved_back(winners, dim), wins, _per_sample_shape(x, dim))
             scale = _grad_scale(grad_scale_of, _moved_back(winners, dim), wins)
             return None if scale is None else scale.movedim(dim, -1)
 
@@ -358,13 +433,19 @@ def select_and_keep(
             counts=counts,
             grad_scale_of=None if grad_scale_of is None else moved_scale_of,
             indices=indices,
+            per_sample=per_sample,
         )
         return out.movedim(-1, dim), _moved_back(winners, dim), wins
     winners = winner_indices(x, k, dim=dim, by_magnitude=by_magnitude, boost_factors=boost_factors)
-    wins = winner_counts(winners, n) if counts else None
+    if per_sample:
+        wins = _sample_counts(winners.movedim(dim, -1), n) if counts else None
+    else:
+        wins = winner_counts(winners, n) if counts else None
     reported = winners if indices else None  # as the kernel paths report them
     with torch.no_grad():  # as inside the kernel path's autograd Function
-        grad_scale = _grad_scale(grad_scale_of, reported, wins)
+        grad_scale = _grad_scale(grad_scale_of, reported, wins, _per_sample_shape(x, dim) if per_sample else None)
+        if per_sample and grad_scale is not None:
+            grad_scale = _factors_per_winner(grad_scale, winners.movedim(dim, -1)).movedim(-1, dim)
     out = keep_winners(x, winners, dim=dim, relu=relu, grad_scale=grad_scale)
     return out, reported, wins
 

@@ -56,6 +56,9 @@ class SparseActivation(nn.Module):
     """
 
     _dim: int = -1
+    # Whether sensitivity works from per-sample counts (S, units), where units are the candidates along _dim and
+    # those counts are smaller than the winners (channel maps: (B, C) against (B, k, H, W) winners).
+    _per_sample_sensitivity: bool = False
     _is_replica: bool = False  # set by nn.DataParallel's replicate() on its per-GPU copies
     duty_cycle: Tensor
     sensitivity: Tensor
@@ -182,6 +185,8 @@ class SparseActivation(nn.Module):
         else:
             # Selection, state update and output in one step (one kernel pass over the input on CPU): the
             # update sees the winners before the output is built, and gives their gradient factors.
+            sensitivity = self.training and self.use_sensitivity
+            per_sample = sensitivity and self._per_sample_sensitivity
             out, _, _ = select_and_keep(
                 candidates,
                 self._active_k,
@@ -191,7 +196,8 @@ class SparseActivation(nn.Module):
                 relu=self.relu,
                 counts=self.training,
                 grad_scale_of=functools.partial(self._record, candidates) if self.training else None,
-                indices=self.training and self.use_sensitivity,  # else unused, and the kernels are faster without
+                indices=sensitivity and not per_sample,  # else unused, and the kernels are faster without
+                per_sample=per_sample,
             )
         return self._restore(out, x)
 
@@ -222,12 +228,18 @@ class SparseActivation(nn.Module):
 
     def _record(self, candidates: Tensor, indices: Tensor | None, counts: Tensor | None) -> Tensor | None:
         """Update the state with a training batch's winners (``counts``: wins per candidate index along the
-        unit dim; ``indices``, needed with sensitivity only); returns the winners' gradient factors, shaped like
-        ``indices``, with sensitivity (else None)."""
+        unit dim, or per sample ``(S, units)``; ``indices``, needed with sensitivity and counts not per sample);
+        returns with sensitivity the gradient factors, shaped like ``indices`` or per sample like ``counts``
+        (else None)."""
         assert counts is not None  # the callers ask for the counts in training
         if not self.use_sensitivity:
             self._update_state(self._unit_counts(counts), candidates, None)
             return None
+        if counts.dim() == 2:  # per sample: a unit's factor applies at all its winning positions in the sample
+            pairs = _pairs_of(counts > 0)
+            factors = self._update_state(counts.sum(0), candidates, pairs)
+            assert factors is not None  # given pairs, the update returns their factors
+            return _dense(factors, pairs, counts.shape)
         assert indices is not None  # the callers ask for the winners with sensitivity
         unit_ids = self._unit_ids(indices)
         pairs = self._pairs_from_ids(unit_ids)

@@ -100,6 +100,7 @@ class KSparse2d(SparseActivation):
         self.spatial_shape = spatial_shape
         self._area = area
         self._dim = 1 if mode == "channel" else -1
+        self._per_sample_sensitivity = mode == "channel"
 
     @property
     def channels(self) -> int:

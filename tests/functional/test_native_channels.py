@@ -163,3 +163,41 @@ def test_scale_channel_winners_multiplies_the_winners_entries_in_place() -> None
     assert grad.tolist() == [[[1.0, 7.0], [1.0, 1.0], [5.0, 1.0]]]  # unchanged by the refused call
     with pytest.raises(ValueError, match="shaped"):
         scale_channel_winners_(grad, indices, factors[..., :1])
+
+
+# one sample large enough for two threads: per-sample counts keep it on one
+@pytest.mark.parametrize("vectorized", [True, False], ids=["vectorized", "portable"])
+@pytest.mark.parametrize(("shape", "k"), [((3, 12, 5, 6), 3), ((2, 5, 3), 5), ((1, 16, 64, 64), 4)])
+def test_per_sample_counts_are_each_samples_wins(shape: tuple[int, ...], k: int, vectorized: bool) -> None:
+    torch.manual_seed(sum(shape))
+    x = torch.randn(shape)
+    got = select_channels(x, k, counts=True, per_sample=True, vectorized=vectorized)
+    summed = select_channels(x, k, counts=True, vectorized=vectorized)
+    assert summed.indices is not None and summed.counts is not None and got.counts is not None
+    won = torch.zeros(shape, dtype=torch.int64).scatter(1, summed.indices, 1)
+    assert torch.equal(got.counts, won.flatten(2).sum(2))
+    assert torch.equal(got.counts.sum(0), summed.counts)
+    assert torch.equal(got.output, summed.output) and torch.equal(got.bits, summed.bits)
+
+
+def _packed(keep: torch.Tensor) -> torch.Tensor:
+    """Bit i % 8 of byte i // 8 of each row set where ``keep`` (rows, n) is."""
+    rows, n = keep.shape
+    padded = torch.zeros(rows, (n + 7) // 8 * 8, dtype=torch.int64)
+    padded[:, :n] = keep.long()
+    return (padded.view(rows, -1, 8) << torch.arange(8)).sum(-1).to(torch.uint8)
+
+
+# groups of whole bytes, of fewer than 8 entries, and of more that start inside a byte
+@pytest.mark.parametrize(("rows", "groups", "group"), [(3, 4, 8), (2, 3, 7), (4, 5, 13), (2, 6, 1)])
+def test_take_bits_scales_each_group_of_kept_entries_by_its_factor(rows: int, groups: int, group: int) -> None:
+    torch.manual_seed(rows * groups * group)
+    src = torch.randn(rows, groups * group)
+    keep = torch.rand(src.shape) < 0.5
+    keep[:, 0] = False  # under an infinite factor below: a cleared entry gives 0, not 0 * inf
+    factors = 0.5 + torch.rand(rows, groups)
+    factors[:, 0] = float("inf")
+    expected = torch.where(keep, src * factors.repeat_interleave(group, dim=1), 0.0)
+    assert torch.equal(take_bits_rows(src, _packed(keep), factors), expected)
+    with pytest.raises(ValueError, match=r"`factors` of shape \(\d+, G\) with G dividing"):
+        take_bits_rows(src, _packed(keep), torch.ones(rows, groups * group + 1))

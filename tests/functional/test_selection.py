@@ -175,3 +175,59 @@ def test_gradient_factors_without_indices_are_refused(path: str) -> None:
     make, dim = PATHS[path]
     with pytest.raises(ValueError, match="with `indices=False` there are no winners"):
         select_and_keep(make(), 3, dim=dim, indices=False, grad_scale_of=lambda i, c: torch.ones(1))
+
+
+# per_sample on each path: the row kernel, the channel kernel, the row kernel on a moved dim (a channels-last map),
+# torch's ops; maps of few positions, so that some channels win nowhere in a sample
+PER_SAMPLE_PATHS = {
+    "rows": (lambda: torch.randn(6, 40), -1),
+    "channels of a map": (lambda: torch.randn(3, 12, 2, 3), 1),
+    "channels of a channels-last map": (
+        lambda: torch.randn(3, 12, 2, 3).contiguous(memory_format=torch.channels_last),
+        1,
+    ),
+    "torch (float64)": (lambda: torch.randn(3, 12, 2, 3, dtype=torch.float64), 1),
+}
+
+
+@pytest.mark.parametrize("path", list(PER_SAMPLE_PATHS))
+def test_per_sample_counts_and_factors_are_the_winners_by_sample(path: str) -> None:
+    torch.manual_seed(0)
+    make, dim = PER_SAMPLE_PATHS[path]
+    x = make().requires_grad_()
+    n = x.shape[dim]
+    factors = 0.5 + torch.rand(x.shape[0], n, dtype=x.dtype)
+    grad_out = torch.randn(x.shape, dtype=x.dtype)
+    seen = []
+
+    def per_sample_scale_of(indices: torch.Tensor | None, counts: torch.Tensor | None) -> torch.Tensor:
+        seen.append((indices, counts))
+        assert counts is not None
+        return factors.masked_fill(counts == 0, float("inf"))  # where nothing won, a factor that must not matter
+
+    def per_winner_scale_of(indices: torch.Tensor | None, counts: torch.Tensor | None) -> torch.Tensor:
+        assert indices is not None
+        moved = indices.movedim(dim, -1)
+        return factors.gather(1, moved.reshape(moved.shape[0], -1)).view_as(moved).movedim(-1, dim)
+
+    out, none, counts = select_and_keep(
+        x, 2, dim=dim, relu=True, counts=True, indices=False, per_sample=True, grad_scale_of=per_sample_scale_of
+    )
+    out_ref, indices, _ = select_and_keep(x, 2, dim=dim, relu=True, grad_scale_of=per_winner_scale_of)
+    assert none is None and indices is not None and len(seen) == 1 and seen[0][0] is None and seen[0][1] is counts
+    won = torch.zeros(x.shape, dtype=torch.int64).scatter(dim, indices, 1)
+    assert torch.equal(counts, won.movedim(dim, -1).reshape(x.shape[0], -1, n).sum(1))
+    assert (counts == 0).any()  # the case the infinite factors test
+    assert torch.equal(out, out_ref)
+    (grad,) = torch.autograd.grad(out, x, grad_out)
+    (grad_ref,) = torch.autograd.grad(out_ref, x, grad_out)
+    assert torch.equal(grad, grad_ref)
+
+
+def test_per_sample_needs_a_sample_dim_apart_from_the_units() -> None:
+    with pytest.raises(ValueError, match=r"`per_sample=True`.*shape \(40,\) and dim=-1"):
+        select_and_keep(torch.randn(40), 3, per_sample=True)
+    with pytest.raises(ValueError, match=r"`per_sample=True`.*shape \(40, 6\) and dim=0"):
+        select_and_keep(torch.randn(40, 6), 3, dim=0, per_sample=True)
+    with pytest.raises(ValueError, match=r"one factor per sample and index .*\(6, 40\), but returned shape \(6, 3\)"):
+        select_and_keep(torch.randn(6, 40), 3, per_sample=True, grad_scale_of=lambda i, c: torch.ones(6, 3))

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from ksparse_pl import KSparse2d, KWinners2d
+from ksparse_pl.functional import sensitivity_step
 
 
 def test_channel_mode_keeps_k_channels_at_every_position() -> None:
@@ -64,6 +65,30 @@ def test_channel_sensitivity_scales_all_winning_positions(mode: str) -> None:
     layer(x).sum().backward()
     assert x.grad[0, 1, 0, 1].item() == pytest.approx(s_max - (s_max - 1) * (1 - 1 / tau) ** idle)
     assert layer.sensitivity[1].item() == 1.0
+
+
+# the channel kernel's factor per sample and channel; the row kernel on a channels-last copy; torch's ops
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "float64"])
+def test_channel_sensitivity_over_batches_follows_the_functional_step(layout: str) -> None:
+    torch.manual_seed(0)
+    s_max, tau = 5.0, 2.0
+    layer = KWinners2d(6, k=2, sensitivity=True, s_max=s_max, tau=tau)
+    sensitivity, largest_factor = torch.ones(6), 0.0
+    rarely = torch.tensor([0.0, 0.0, 0.0, 0.0, -1.5, -1.5]).view(1, 6, 1, 1)  # channels 4, 5 mostly idle
+    for _ in range(5):
+        x = torch.randn(3, 6, 2, 3) + rarely
+        if layout == "channels_last":
+            x = x.contiguous(memory_format=torch.channels_last)
+        x = (x.double() if layout == "float64" else x).requires_grad_()
+        grad_out = torch.randn(x.shape, dtype=x.dtype)
+        out = layer(x)
+        out.backward(grad_out)
+        won = out.detach() != 0  # no input is exactly 0
+        factors, sensitivity = sensitivity_step(won.flatten(2).any(2), sensitivity, s_max, tau)
+        largest_factor = max(largest_factor, factors.max().item())
+        torch.testing.assert_close(x.grad, grad_out * won * factors[:, :, None, None].to(x.dtype))
+        torch.testing.assert_close(layer.sensitivity, sensitivity)
+    assert largest_factor > 1  # some channel came back from idle
 
 
 @pytest.mark.parametrize("mode", ["channel", "global"])

@@ -251,10 +251,10 @@ static void select_positions(const channel_job *job, int64_t b, int64_t p, int l
     for (int64_t c = 0; !whole && c < C; c++) or_bits(bit_row, c * P + p, pass[c]);
 }
 
-/* Both entry points below; indices NULL with keep_ties. */
+/* Both entry points below; indices NULL with keep_ties; counts (channels,), or with per_sample (batch, channels). */
 static int run_channels(const float *x, const float *boost, int by_magnitude, int relu, int keep_ties, float *out,
-                        int64_t *indices, uint8_t *bits, int64_t *counts, int64_t batch, int64_t channels,
-                        int64_t positions, int64_t k, int vectorized, int threads) {
+                        int64_t *indices, uint8_t *bits, int64_t *counts, int per_sample, int64_t batch,
+                        int64_t channels, int64_t positions, int64_t k, int vectorized, int threads) {
     if (k < 1 || k > MAX_K || k > channels) return 1;
     group_fn select_group = select_group_portable;
 #ifdef KSPARSE_X86
@@ -271,10 +271,11 @@ static int run_channels(const float *x, const float *boost, int by_magnitude, in
                        out, indices, bits,         select_group};
     threads = threads_for(batch * channels * positions, threads);
     /* Work goes out by sample, or with fewer samples than threads by parts of a sample's groups: where the bits
-     * are whole bytes, each part writes bytes of its own. */
+     * are whole bytes, each part writes bytes of its own (not with per-sample counts, which a sample's thread adds
+     * to in place). */
     int whole = bits_in_whole_bytes(&job);
     int64_t groups = (positions + LANES - 1) / LANES;
-    int64_t parts = whole && batch < threads ? (threads + batch - 1) / batch : 1;
+    int64_t parts = whole && batch < threads && !(counts && per_sample) ? (threads + batch - 1) / batch : 1;
     if (parts > groups) parts = groups > 0 ? groups : 1;
     if (threads > batch * parts) threads = batch * parts > 0 ? (int)(batch * parts) : 1;
     /* per thread: tmp_x, tmp_out (LANES per channel), counts (one per channel), pass (a byte per channel) */
@@ -306,10 +307,11 @@ static int run_channels(const float *x, const float *boost, int by_magnitude, in
             for (int64_t g = groups * part / parts; g < groups * (part + 1) / parts; g++) {
                 int64_t p = g * LANES;
                 int lanes = positions - p < LANES ? (int)(positions - p) : LANES;
-                select_positions(&job, b, p, lanes, tmp_x, tmp_out, indices ? idx : NULL, pass, own_counts);
+                select_positions(&job, b, p, lanes, tmp_x, tmp_out, indices ? idx : NULL, pass,
+                                 counts && per_sample ? counts + b * channels : own_counts);
             }
         }
-        if (counts) {
+        if (counts && !per_sample) {
 #ifdef _OPENMP
 #pragma omp critical(ksparse_channel_counts)
 #endif
@@ -324,14 +326,14 @@ static int run_channels(const float *x, const float *boost, int by_magnitude, in
  * channels (ReLU'd if relu), 0 elsewhere; indices (batch, k, positions) the winning channels, ascending, unless
  * indices is NULL; bits (batch, ceil(channels * positions / 8)), bit c * positions + p of a sample's row set
  * where the gradient passes (as in ksparse_keep_at_least_rows); if counts (channels,), zeroed by the caller:
- * at how many positions each channel won.  vectorized = 0 takes the portable code even where AVX2 is available
- * (tests).
+ * at how many positions each channel won, or with per_sample counts (batch, channels): in each sample.
+ * vectorized = 0 takes the portable code even where AVX2 is available (tests).
  * Returns 1 for k outside [1, min(MAX_K, channels)], 2 if the buffers could not be allocated. */
 int ksparse_select_channels(const float *x, const float *boost, int by_magnitude, int relu, float *out,
-                            int64_t *indices, uint8_t *bits, int64_t *counts, int64_t batch, int64_t channels,
-                            int64_t positions, int64_t k, int vectorized, int threads) {
-    return run_channels(x, boost, by_magnitude, relu, 0, out, indices, bits, counts, batch, channels, positions, k,
-                        vectorized, threads);
+                            int64_t *indices, uint8_t *bits, int64_t *counts, int per_sample, int64_t batch,
+                            int64_t channels, int64_t positions, int64_t k, int vectorized, int threads) {
+    return run_channels(x, boost, by_magnitude, relu, 0, out, indices, bits, counts, per_sample, batch, channels,
+                        positions, k, vectorized, threads);
 }
 
 /* Threshold mode of ksparse_select_channels: every score at least the position's k-th largest is kept (ties
@@ -340,7 +342,7 @@ int ksparse_select_channels(const float *x, const float *boost, int by_magnitude
 int ksparse_keep_at_least_channels(const float *x, const float *boost, int by_magnitude, int relu, float *out,
                                    uint8_t *bits, int64_t *counts, int64_t batch, int64_t channels, int64_t positions,
                                    int64_t k, int vectorized, int threads) {
-    return run_channels(x, boost, by_magnitude, relu, 1, out, NULL, bits, counts, batch, channels, positions, k,
+    return run_channels(x, boost, by_magnitude, relu, 1, out, NULL, bits, counts, 0, batch, channels, positions, k,
                         vectorized, threads);
 }
 

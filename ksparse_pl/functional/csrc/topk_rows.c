@@ -149,6 +149,13 @@ static void take_bits_portable(const float *src, const uint8_t *bits, int64_t n,
     for (int64_t i = 0; i < n; i++) dst[i] = (bits[i / 8] >> (i % 8)) & 1 ? src[i] : 0.0f;
 }
 
+/* take_bits, each set entry i also multiplied by factors[i / group] (a factor per group of entries: a channel's
+ * positions).  0 where the bit is clear, whatever the factor (not 0 * factor, NaN for an infinite one). */
+static void take_bits_scaled_portable(const float *src, const uint8_t *bits, const float *factors, int64_t group,
+                                      int64_t n, float *dst) {
+    for (int64_t i = 0; i < n; i++) dst[i] = (bits[i / 8] >> (i % 8)) & 1 ? src[i] * factors[i / group] : 0.0f;
+}
+
 /* ---------------------------------------------------------------- AVX2 kernels (chosen at run time) */
 #ifdef KSPARSE_X86
 __attribute__((target("avx2"))) static float hmin(__m256 v) {
@@ -376,6 +383,30 @@ __attribute__((target("avx2"))) static void take_bits_avx2(const float *src, con
     }
     take_bits_portable(src + body, bits + body / 8, n - body, dst + body);
 }
+
+/* The 8 bits of bits from bit i on, for i + 8 <= the bits' length (so the second byte is read only when needed,
+ * and then exists). */
+static inline unsigned eight_bits_at(const uint8_t *bits, int64_t i) {
+    unsigned low = bits[i >> 3], high = i & 7 ? bits[(i >> 3) + 1] : 0u;
+    return ((low | high << 8) >> (i & 7)) & 0xFFu;
+}
+
+/* take_bits_scaled_portable, 8 entries of a group at a time: a group need not start at a whole byte. */
+__attribute__((target("avx2"))) static void take_bits_scaled_avx2(const float *src, const uint8_t *bits,
+                                                                  const float *factors, int64_t group, int64_t n,
+                                                                  float *dst) {
+    __m256i lane_bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    for (int64_t start = 0; start < n; start += group) {
+        int64_t end = start + group, i = start;
+        __m256 factor = _mm256_set1_ps(factors[start / group]);
+        for (; i + 8 <= end; i += 8) {
+            __m256i set = _mm256_and_si256(_mm256_set1_epi32((int)eight_bits_at(bits, i)), lane_bit);
+            __m256 mask = _mm256_castsi256_ps(_mm256_cmpeq_epi32(set, lane_bit));
+            _mm256_storeu_ps(dst + i, _mm256_and_ps(mask, _mm256_mul_ps(_mm256_loadu_ps(src + i), factor)));
+        }
+        for (; i < end; i++) dst[i] = (bits[i / 8] >> (i % 8)) & 1 ? src[i] * factors[start / group] : 0.0f;
+    }
+}
 #endif
 
 static row_stats (*stats)(const float *, int64_t) = stats_portable;
@@ -390,6 +421,8 @@ static void (*write_above)(const float *, const float *, float, int, int64_t, fl
 static void (*keep_at_least)(const float *, const float *, float, int, int64_t, float *, uint8_t *,
                              int32_t *) = keep_at_least_portable;
 static void (*take_bits)(const float *, const uint8_t *, int64_t, float *) = take_bits_portable;
+static void (*take_bits_scaled)(const float *, const uint8_t *, const float *, int64_t, int64_t,
+                                float *) = take_bits_scaled_portable;
 
 /* Picks the kernels for this CPU; returns 1 when the AVX2 ones are in use. */
 int ksparse_init(void) {
@@ -406,6 +439,7 @@ int ksparse_init(void) {
         write_above = write_above_avx2;
         keep_at_least = keep_at_least_avx2;
         take_bits = take_bits_avx2;
+        take_bits_scaled = take_bits_scaled_avx2;
         return 1;
     }
 #endif
@@ -807,6 +841,8 @@ int ksparse_keep_at_least_rows(const float *x, const float *boost, int by_magnit
 typedef struct {
     const float *src;
     const uint8_t *bits;
+    const float *factors; /* (rows, groups) or NULL */
+    int64_t groups;
     float *dst;
     int64_t n;
 } bits_job;
@@ -815,16 +851,24 @@ static void *take_bits_slice(void *arg) {
     const slice *sl = arg;
     const bits_job *job = sl->job;
     int64_t bytes = (job->n + 7) / 8;
-    for (int64_t row = sl->begin; row < sl->end; row++)
-        take_bits(job->src + row * job->n, job->bits + row * bytes, job->n, job->dst + row * job->n);
+    for (int64_t row = sl->begin; row < sl->end; row++) {
+        const float *src = job->src + row * job->n;
+        float *dst = job->dst + row * job->n;
+        if (job->factors)
+            take_bits_scaled(src, job->bits + row * bytes, job->factors + row * job->groups, job->n / job->groups,
+                             job->n, dst);
+        else
+            take_bits(src, job->bits + row * bytes, job->n, dst);
+    }
     return NULL;
 }
 
-/* dst[r, i] = src[r, i] where bit i of row r of bits (rows, (n + 7) / 8) is set, 0 elsewhere: threshold
- * mode's backward. */
-void ksparse_take_bits_rows(const float *src, const uint8_t *bits, float *dst, int64_t rows, int64_t n,
-                            int threads) {
-    bits_job job = {src, bits, dst, n};
+/* dst[r, i] = src[r, i] where bit i of row r of bits (rows, (n + 7) / 8) is set, 0 elsewhere: the layers'
+ * backward.  With factors (rows, groups), groups dividing n, the set entries are also multiplied by
+ * factors[r, i / (n / groups)] (sensitivity's factor per sample and channel). */
+void ksparse_take_bits_rows(const float *src, const uint8_t *bits, const float *factors, int64_t groups, float *dst,
+                            int64_t rows, int64_t n, int threads) {
+    bits_job job = {src, bits, factors, groups, dst, n};
     run_rows(take_bits_slice, &job, rows, n, threads);
 }
 
