@@ -177,7 +177,7 @@ class _SelectRows(torch.autograd.Function):
         indices: bool,
         per_sample: bool,
     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        # Per sample, the counts and the factors go through the winners (each row wins an index at most once).
+        # Per sample, the counts and the factors come from the winners: the kernel's counts sum over all rows.
         selection = select_rows(
             x,
             k,
