@@ -34,6 +34,7 @@ from ksparse_pl.functional._checks import (
 )
 from ksparse_pl.functional.native import native_serves
 from ksparse_pl.functional.native_duty_cycle import add_wins_
+from ksparse_pl.functional.selection import _factors_per_winner
 from ksparse_pl.layers._distributed import distributed, gather_statistics
 
 # State that must keep full precision whatever dtype the module is cast to (``.half()``, "16-true").
@@ -347,8 +348,7 @@ class SparseActivation(nn.Module):
 
     def _scale_from_ids(self, factors: Tensor, pairs: tuple[Tensor, Tensor], unit_ids: Tensor) -> Tensor:
         """Per-pair factors -> the factor of every winner, shaped like ``unit_ids``."""
-        flat = unit_ids.reshape(unit_ids.shape[0], -1)
-        return _dense(factors, pairs, (flat.shape[0], self.units)).gather(1, flat).view_as(unit_ids)
+        return _factors_per_winner(_dense(factors, pairs, (unit_ids.shape[0], self.units)), unit_ids)
 
     # --- to be defined by subclasses ---------------------------------------------------------------
     def _positions(self, candidates: Tensor) -> int:
