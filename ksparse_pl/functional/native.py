@@ -111,6 +111,8 @@ def _library() -> ctypes.CDLL | None:
     # (src, bits, factors, groups, dst, rows, n, threads)
     lib.ksparse_take_bits_rows.argtypes = [pointer, pointer, pointer, i64, pointer, i64, i64, ctypes.c_int]
     lib.ksparse_take_bits_rows.restype = None
+    # (src, bits, indices, factors, dst, rows, n, k, threads)
+    lib.ksparse_take_bits_rows_at.argtypes = [*[pointer] * 5, i64, i64, i64, ctypes.c_int]
     # (matrix or source, indices, coefficients or source, out, batch, k, m, d, threads)
     for name in ("ksparse_gather_rows", "ksparse_dot_rows", "ksparse_scatter_rows"):
         getattr(lib, name).argtypes = [pointer, pointer, pointer, pointer, i64, i64, i64, i64, ctypes.c_int]

@@ -265,11 +265,7 @@ def take_bits_rows(src: Tensor, bits: Tensor, factors: Tensor | None = None) -> 
     """
     n = src.shape[-1]
     rows = _as_rows(src)
-    if bits.dtype != torch.uint8 or bits.shape != (rows.shape[0], (n + 7) // 8) or not bits.is_contiguous():
-        raise ValueError(
-            f"take_bits_rows: expected contiguous uint8 `bits` of shape {(rows.shape[0], (n + 7) // 8)}, but got "
-            f"{bits.dtype} {tuple(bits.shape)}."
-        )
+    _check_bits("take_bits_rows", bits, rows)
     if factors is not None:
         groups = factors.shape[1] if factors.dim() == 2 else 0
         if groups < 1 or n % groups or factors.shape[0] != rows.shape[0] or not factors.is_cpu:
@@ -291,6 +287,53 @@ def take_bits_rows(src: Tensor, bits: Tensor, factors: Tensor | None = None) -> 
             torch.get_num_threads(),
         )
     return out if src.dim() == 2 else out.view(src.shape)
+
+
+def take_bits_rows_at(src: Tensor, bits: Tensor, indices: Tensor, factors: Tensor) -> Tensor:
+    """:func:`take_bits_rows`, with the kept entries at ``indices`` also multiplied by ``factors``: the gradient of
+    winners with a factor each (sensitivity along rows).
+
+    ``indices``: int64, ``src``'s shape but ``k`` along the last dim (each row's entries, in any order, each at most
+    once); ``factors``: shaped like ``indices``, applied in float32. An entry whose bit is clear stays 0 whatever
+    its factor. The masking reads the gradient in order and the k products land in the row while it is in cache.
+    """
+    n, k = src.shape[-1], indices.shape[-1]
+    rows = _as_rows(src)
+    _check_bits("take_bits_rows_at", bits, rows)
+    if indices.dtype != torch.int64 or not indices.is_cpu or indices.shape[:-1] != src.shape[:-1]:
+        raise ValueError(
+            f"take_bits_rows_at: expected int64 CPU `indices` shaped {(*src.shape[:-1], k)}, but got {indices.dtype} "
+            f"{tuple(indices.shape)} on {indices.device}."
+        )
+    if not factors.is_cpu or factors.shape != indices.shape:
+        raise ValueError(
+            f"take_bits_rows_at: expected CPU `factors` shaped like `indices` {tuple(indices.shape)}, but got "
+            f"{tuple(factors.shape)} on {factors.device}."
+        )
+    index_rows, factor_rows = _as_rows(indices), _as_rows(factors.to(torch.float32))
+    out = torch.empty_like(rows)
+    if rows.shape[0] and library().ksparse_take_bits_rows_at(
+        rows.data_ptr(),
+        bits.data_ptr(),
+        index_rows.data_ptr(),
+        factor_rows.data_ptr(),
+        out.data_ptr(),
+        rows.shape[0],
+        n,
+        k,
+        torch.get_num_threads(),
+    ):
+        raise IndexError(f"take_bits_rows_at: an index in `indices` is outside [0, {n}) (the last dim of `src`).")
+    return out if src.dim() == 2 else out.view(src.shape)
+
+
+def _check_bits(caller: str, bits: Tensor, rows: Tensor) -> None:
+    """Refuse ``bits`` that are not one contiguous uint8 row of bits per row of ``rows``."""
+    expected = (rows.shape[0], (rows.shape[1] + 7) // 8)
+    if bits.dtype != torch.uint8 or bits.shape != expected or not bits.is_contiguous():
+        raise ValueError(
+            f"{caller}: expected contiguous uint8 `bits` of shape {expected}, but got {bits.dtype} {tuple(bits.shape)}."
+        )
 
 
 def _boost_factors(boost: Tensor | None, n: int, caller: str) -> Tensor | None:

@@ -26,6 +26,7 @@ from ksparse_pl.functional.native_topk import (
     select_channels,
     select_rows,
     take_bits_rows,
+    take_bits_rows_at,
     take_rows,
 )
 
@@ -160,8 +161,9 @@ class _SelectRows(torch.autograd.Function):
     """:func:`select_and_keep` by the native kernel: selection, output and counts in one pass over ``x``.
 
     The backward keeps one bit per entry and masks the gradient in one pass in order (with ``grad_scale_of``'s
-    factors, the winners and one factor each): zeroing a gradient and gathering the winners' entries into it
-    took 1.5-1.8 times as long in a profiled training step, as the gathers miss the caches there.
+    factors, also the winners and one factor each, applied to each row while it is in cache): zeroing a gradient
+    and gathering the winners' entries into it took 1.5-1.8 times as long in a profiled training step, as the
+    gathers miss the caches there.
     """
 
     @staticmethod
@@ -200,7 +202,7 @@ class _SelectRows(torch.autograd.Function):
             assert winners is not None  # factors are given for given winners, or per sample (winners asked for)
             if per_sample:
                 grad_scale = _factors_per_winner(grad_scale, winners)
-            ctx.save_for_backward(None, winners, _winner_factors(x, winners, relu, grad_scale))
+            ctx.save_for_backward(selection.bits, winners, grad_scale)  # the bits leave out winners ReLU zeroed
         if reported is not None:
             ctx.mark_non_differentiable(reported)
         # Only the output is differentiable, so its gradient is always given; without this autograd would
@@ -212,7 +214,7 @@ class _SelectRows(torch.autograd.Function):
     @first_order_only
     def backward(ctx: Any, grad: Tensor, *_: Any) -> tuple[Tensor, None, None, None, None, None, None, None, None]:
         bits, indices, factors = ctx.saved_tensors
-        passed = take_rows(grad, indices, factors) if bits is None else _passed_by_bits(grad, bits)
+        passed = _passed_by_bits(grad, bits) if indices is None else take_bits_rows_at(grad, bits, indices, factors)
         return passed, None, None, None, None, None, None, None, None
 
 

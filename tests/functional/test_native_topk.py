@@ -7,12 +7,19 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
 from ksparse_pl.functional import k_sparse, keep_masked, keep_winners, threshold_keep, threshold_mask, topk_indices
 from ksparse_pl.functional.native import UNUSED_BUILD_DAYS, native_enabled
-from ksparse_pl.functional.native_topk import keep_at_least_rows, select_rows, take_bits_rows, take_rows
+from ksparse_pl.functional.native_topk import (
+    keep_at_least_rows,
+    select_rows,
+    take_bits_rows,
+    take_bits_rows_at,
+    take_rows,
+)
 from ksparse_pl.functional.selection import select_and_keep
 
 pytestmark = pytest.mark.skipif(not native_enabled(), reason="no C compiler to build the kernel")
@@ -129,6 +136,40 @@ def test_boost_of_the_wrong_shape_is_refused() -> None:
 def test_gradient_bits_of_the_wrong_shape_are_refused() -> None:
     with pytest.raises(ValueError, match=r"uint8 `bits` of shape \(2, 1\), but got torch.uint8 \(2, 2\)"):
         take_bits_rows(torch.randn(2, 5), torch.zeros(2, 2, dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"take_bits_rows_at: expected contiguous uint8 `bits` of shape \(2, 1\)"):
+        take_bits_rows_at(
+            torch.randn(2, 5), torch.zeros(2, 2, dtype=torch.uint8), torch.zeros(2, 1).long(), torch.ones(2, 1)
+        )
+
+
+def packed(keep: torch.Tensor) -> torch.Tensor:
+    """``(rows, n)`` booleans as the kernels' bits: bit ``i % 8`` of byte ``i // 8``, spare bits 0."""
+    return torch.from_numpy(np.packbits(keep.numpy(), axis=-1, bitorder="little"))
+
+
+@pytest.mark.parametrize("shape", [(4, 37), (2, 3, 64)], ids=["rows", "leading-dims"])
+def test_take_bits_at_scales_the_kept_entries_at_the_indices_by_their_factors(shape: tuple[int, ...]) -> None:
+    torch.manual_seed(len(shape))
+    src = torch.randn(shape)
+    keep = torch.rand(shape) < 0.5
+    indices = torch.rand(shape).argsort(-1)[..., :6]  # distinct per row, in no order, kept or not
+    factors = 0.5 + torch.rand(indices.shape)
+    factors[~keep.gather(-1, indices)] = float("inf")  # a cleared entry stays 0, not 0 * inf
+    assert (~keep.gather(-1, indices)).any() and keep.gather(-1, indices).any()
+    bits = packed(keep.reshape(-1, shape[-1]))
+    expected = torch.where(keep, src * torch.ones(shape).scatter(-1, indices, factors), 0.0)
+    assert torch.equal(take_bits_rows_at(src, bits, indices, factors), expected)
+    assert torch.equal(take_bits_rows_at(src, bits, indices, factors.double()), expected)  # applied in float32
+
+
+def test_take_bits_at_refuses_indices_and_factors_that_do_not_fit() -> None:
+    src, bits = torch.randn(2, 10), torch.zeros(2, 2, dtype=torch.uint8)
+    with pytest.raises(IndexError, match=r"take_bits_rows_at: an index in `indices` is outside \[0, 10\)"):
+        take_bits_rows_at(src, bits, torch.tensor([[1, 10], [0, 2]]), torch.ones(2, 2))
+    with pytest.raises(ValueError, match=r"int64 CPU `indices` shaped \(2, 2\), but got torch.int32"):
+        take_bits_rows_at(src, bits, torch.tensor([[1, 3], [0, 2]], dtype=torch.int32), torch.ones(2, 2))
+    with pytest.raises(ValueError, match=r"`factors` shaped like `indices` \(2, 2\), but got \(2, 3\)"):
+        take_bits_rows_at(src, bits, torch.tensor([[1, 3], [0, 2]]), torch.ones(2, 3))
 
 
 @pytest.mark.parametrize("relu", [False, True])

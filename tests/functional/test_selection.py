@@ -134,6 +134,17 @@ def test_grad_scale_of_sees_the_winners_and_scales_their_gradients(dtype: torch.
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_a_winner_relu_zeroed_passes_no_gradient_whatever_its_factor_and_gradient(dtype: torch.dtype) -> None:
+    # As torch's ReLU: 0 where x <= 0, even for an infinite or NaN incoming gradient (not 0 * inf = NaN).
+    x = torch.tensor([[-1.0, -3.0, 2.0, -2.0], [0.5, 1.5, -0.5, 3.0]], dtype=dtype, requires_grad=True)
+    out, indices, _ = select_and_keep(x, 3, relu=True, grad_scale_of=lambda i, c: torch.full(i.shape, 2.0))
+    assert indices.sort(-1).values.tolist() == [[0, 2, 3], [0, 1, 3]]
+    grad_out = torch.tensor([[float("inf"), 1.0, 1.0, float("nan")], [1.0, 1.0, 1.0, 1.0]], dtype=dtype)
+    (grad,) = torch.autograd.grad(out, x, grad_out)
+    assert grad.tolist() == [[0.0, 0.0, 2.0, 0.0], [2.0, 2.0, 0.0, 2.0]]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
 def test_grad_scale_of_must_give_one_factor_per_winner(dtype: torch.dtype) -> None:
     x = torch.randn(2, 8, dtype=dtype)
     with pytest.raises(ValueError, match=r"`grad_scale_of` must .* indices \(2, 3\), but returned shape \(3,\)"):

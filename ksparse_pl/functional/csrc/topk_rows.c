@@ -841,11 +841,25 @@ int ksparse_keep_at_least_rows(const float *x, const float *boost, int by_magnit
 typedef struct {
     const float *src;
     const uint8_t *bits;
-    const float *factors; /* (rows, groups) or NULL */
-    int64_t groups;
+    const float *factors;   /* (rows, groups), or with indices (rows, k); or NULL */
+    const int64_t *indices; /* (rows, k) or NULL */
+    int64_t groups, k;
     float *dst;
     int64_t n;
 } bits_job;
+
+/* A row's set entries at idx (k of them) multiplied by their factors, after take_bits wrote the row: the row is
+ * still in cache, so these k scattered stores cost little, where zeroing the row and gathering the winners into
+ * it read the gradient out of order.  Returns 0 if an index lies outside [0, n). */
+static int scale_set_entries(const float *src, const uint8_t *bits, const int64_t *idx, const float *factors,
+                             int64_t n, int64_t k, float *dst) {
+    for (int64_t j = 0; j < k; j++) {
+        int64_t i = idx[j];
+        if ((uint64_t)i >= (uint64_t)n) return 0;
+        if ((bits[i / 8] >> (i % 8)) & 1) dst[i] = src[i] * factors[j];
+    }
+    return 1;
+}
 
 static void *take_bits_slice(void *arg) {
     const slice *sl = arg;
@@ -853,12 +867,16 @@ static void *take_bits_slice(void *arg) {
     int64_t bytes = (job->n + 7) / 8;
     for (int64_t row = sl->begin; row < sl->end; row++) {
         const float *src = job->src + row * job->n;
+        const uint8_t *bits = job->bits + row * bytes;
         float *dst = job->dst + row * job->n;
-        if (job->factors)
-            take_bits_scaled(src, job->bits + row * bytes, job->factors + row * job->groups, job->n / job->groups,
-                             job->n, dst);
-        else
-            take_bits(src, job->bits + row * bytes, job->n, dst);
+        if (job->factors && !job->indices) {
+            take_bits_scaled(src, bits, job->factors + row * job->groups, job->n / job->groups, job->n, dst);
+            continue;
+        }
+        take_bits(src, bits, job->n, dst);
+        if (job->indices && !scale_set_entries(src, bits, job->indices + row * job->k, job->factors + row * job->k,
+                                               job->n, job->k, dst))
+            return (void *)1;
     }
     return NULL;
 }
@@ -868,8 +886,17 @@ static void *take_bits_slice(void *arg) {
  * factors[r, i / (n / groups)] (sensitivity's factor per sample and channel). */
 void ksparse_take_bits_rows(const float *src, const uint8_t *bits, const float *factors, int64_t groups, float *dst,
                             int64_t rows, int64_t n, int threads) {
-    bits_job job = {src, bits, factors, groups, dst, n};
+    bits_job job = {src, bits, factors, NULL, groups, 0, dst, n};
     run_rows(take_bits_slice, &job, rows, n, threads);
+}
+
+/* ksparse_take_bits_rows without group factors, then dst[r, i] = src[r, i] * factors[r, j] at i = indices[r, j]
+ * where the bit is set (a cleared entry stays 0 whatever its factor): the per-winner gradient factors of
+ * sensitivity along rows.  Returns nonzero if an index lies outside [0, n) (dst is then incomplete). */
+int ksparse_take_bits_rows_at(const float *src, const uint8_t *bits, const int64_t *indices, const float *factors,
+                              float *dst, int64_t rows, int64_t n, int64_t k, int threads) {
+    bits_job job = {src, bits, factors, indices, 0, k, dst, n};
+    return run_rows(take_bits_slice, &job, rows, n, threads);
 }
 
 /* dst[r, :] = 0 but dst[r, indices[r, j]] = src[r, indices[r, j]] (ReLU'd if relu) * factors[r, j].
