@@ -14,6 +14,17 @@ def test_idle_unit_factor_is_the_closed_form(idle: int) -> None:
     assert final.item() == 1.0  # reset after the selection
 
 
+def test_each_call_gets_the_decay_of_its_own_tau_and_batch_size() -> None:
+    # The kernels' table of powers is kept per (batch size, tau) from one call to the next.
+    for tau, idle in [(2.0, 3), (4.0, 3), (2.0, 3), (2.0, 6), (4.0, 1)]:
+        selected = torch.zeros(idle + 1, 1, dtype=torch.bool)
+        selected[idle] = True
+        factors, final = sensitivity_step(selected, torch.ones(1), 10.0, tau)
+        assert factors[idle].item() == pytest.approx(10.0 - 9.0 * (1 - 1 / tau) ** idle)
+        _, idle_final = sensitivity_step(torch.zeros(idle, 1, dtype=torch.bool), torch.ones(1), 10.0, tau)
+        assert idle_final.item() == pytest.approx(10.0 - 9.0 * (1 - 1 / tau) ** idle)
+
+
 def test_never_selected_grows_toward_s_max() -> None:
     _, final = sensitivity_step(torch.zeros(5, 1, dtype=torch.bool), torch.tensor([2.0]), 10.0, 4.0)
     assert final.item() == pytest.approx(10 - 8 * 0.75**5)
