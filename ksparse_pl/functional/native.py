@@ -97,7 +97,8 @@ def _library() -> ctypes.CDLL | None:
         f32,  # z_low
         ctypes.c_int,  # threads
     ]
-    lib.ksparse_take_rows.argtypes = [pointer, pointer, pointer, ctypes.c_int, pointer, i64, i64, i64, ctypes.c_int]
+    # (src, indices, relu, dst, bits, rows, n, k, threads)
+    lib.ksparse_take_rows.argtypes = [pointer, pointer, flag, pointer, pointer, i64, i64, i64, ctypes.c_int]
     # (x, boost, by_magnitude, dst, bits, relu, counts, rows, n, k, z, z_low, threads)
     keep = lib.ksparse_keep_at_least_rows
     keep.argtypes = [pointer, pointer, flag, pointer, pointer, flag, pointer, i64, i64, i64, f32, f32, ctypes.c_int]

@@ -364,35 +364,30 @@ def _normal_quantiles(k: int, n: int) -> tuple[float, float]:
     return z, normal.inv_cdf(1 - 2 * k / n) if 4 * k <= n else math.nan
 
 
-def take_rows(src: Tensor, indices: Tensor, factors: Tensor | None = None, relu: bool = False) -> Tensor:
-    """A tensor like ``src``, zero but at ``indices`` (last dim), where it holds ``src`` (ReLU'd) * ``factors``."""
-    lib = library()
+def take_rows(src: Tensor, indices: Tensor, relu: bool = False) -> tuple[Tensor, Tensor]:
+    """A tensor like ``src``, zero but at ``indices`` (last dim), where it holds ``src`` (ReLU'd with ``relu``), and
+    the bits of where its gradient passes (as :func:`select_rows`' ``bits``, for :func:`take_bits_rows`)."""
     n, k = src.shape[-1], indices.shape[-1]
     if indices.dtype != torch.int64 or not indices.is_cpu or indices.shape[:-1] != src.shape[:-1]:
         raise ValueError(
             f"take_rows: expected int64 CPU `indices` shaped {(*src.shape[:-1], k)}, but got {indices.dtype} "
             f"{tuple(indices.shape)} on {indices.device}."
         )
-    if factors is not None and (not factors.is_cpu or factors.shape != indices.shape):
-        raise ValueError(
-            f"take_rows: expected CPU `factors` shaped like `indices` {tuple(indices.shape)}, but got "
-            f"{tuple(factors.shape)} on {factors.device}."
-        )
     rows = _as_rows(src)
     index_rows = _as_rows(indices)
-    factor_rows = None if factors is None else _as_rows(factors.to(torch.float32))
     # The kernel zeroes each row and writes its winners in one visit, on torch's threads.
     out = torch.empty_like(rows)
-    if rows.shape[0] and lib.ksparse_take_rows(
+    bits = torch.empty(rows.shape[0], (n + 7) // 8, dtype=torch.uint8)
+    if rows.shape[0] and library().ksparse_take_rows(
         rows.data_ptr(),
         index_rows.data_ptr(),
-        None if factor_rows is None else factor_rows.data_ptr(),
         int(relu),
         out.data_ptr(),
+        bits.data_ptr(),
         rows.shape[0],
         n,
         k,
         torch.get_num_threads(),
     ):
         raise IndexError(f"take_rows: an index in `indices` is outside [0, {n}) (the last dim of `src`).")
-    return out if src.dim() == 2 else out.view(src.shape)
+    return (out if src.dim() == 2 else out.view(src.shape)), bits

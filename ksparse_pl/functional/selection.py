@@ -142,19 +142,20 @@ def keep_winners(
 class _KeepWinnersRows(torch.autograd.Function):
     """:func:`keep_winners` along the last dim by the native kernel: no ``zeros`` + ``scatter`` round trip.
 
-    Backward keeps only ``indices`` and one factor per winner (``grad_scale``, and 0 at a winner ReLU zeroed).
+    The backward is :class:`_SelectRows`': it keeps one bit per entry (and with ``grad_scale``, the winners and
+    their factors).
     """
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, indices: Tensor, relu: bool, grad_scale: Tensor | None) -> Tensor:
-        ctx.save_for_backward(indices, _winner_factors(x, indices, relu, grad_scale))
-        return take_rows(x, indices, relu=relu)
+        out, bits = take_rows(x, indices, relu=relu)
+        ctx.save_for_backward(bits, None if grad_scale is None else indices, grad_scale)
+        return out
 
     @staticmethod
     @first_order_only
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None]:
-        indices, factors = ctx.saved_tensors
-        return take_rows(grad, indices, factors), None, None, None
+        return _passed(grad, *ctx.saved_tensors), None, None, None
 
 
 class _SelectRows(torch.autograd.Function):
@@ -213,9 +214,7 @@ class _SelectRows(torch.autograd.Function):
     @staticmethod
     @first_order_only
     def backward(ctx: Any, grad: Tensor, *_: Any) -> tuple[Tensor, None, None, None, None, None, None, None, None]:
-        bits, indices, factors = ctx.saved_tensors
-        passed = _passed_by_bits(grad, bits) if indices is None else take_bits_rows_at(grad, bits, indices, factors)
-        return passed, None, None, None, None, None, None, None, None
+        return _passed(grad, *ctx.saved_tensors), None, None, None, None, None, None, None, None
 
 
 class _SelectChannels(torch.autograd.Function):
@@ -266,6 +265,15 @@ class _SelectChannels(torch.autograd.Function):
         if grad_scale is not None and indices is not None:  # k of C entries per position: scaled where they are
             scale_channel_winners_(passed, indices, grad_scale)
         return passed, None, None, None, None, None, None, None, None
+
+
+def _passed(grad: Tensor, bits: Tensor, winners: Tensor | None, factors: Tensor | None) -> Tensor:
+    """The rows kernel's backward: ``grad`` where its bit is set, 0 elsewhere, and with ``winners`` (along the last
+    dim) the entries there also multiplied by their ``factors``."""
+    if winners is None:
+        return _passed_by_bits(grad, bits)
+    assert factors is not None  # the winners are kept for their factors
+    return take_bits_rows_at(grad, bits, winners, factors)
 
 
 def _passed_by_bits(grad: Tensor, bits: Tensor) -> Tensor:
@@ -344,15 +352,6 @@ def _per_index(factors: Tensor | None, x: Tensor, dim: int) -> Tensor | None:
     if factors is None or factors.numel() != n or factors.dim() < -position or factors.shape[position] != n:
         return None
     return factors.reshape(n)
-
-
-def _winner_factors(x: Tensor, indices: Tensor, relu: bool, grad_scale: Tensor | None) -> Tensor | None:
-    """Per-winner gradient factors: ``grad_scale``, and 0 where ReLU zeroed a winner; None if all are 1."""
-    if not relu:
-        return grad_scale
-    # not <= 0 rather than > 0: as torch's ReLU, a NaN winner passes its gradient
-    positive = x.gather(-1, indices).le(0).logical_not().float()
-    return positive if grad_scale is None else grad_scale * positive
 
 
 def select_and_keep(

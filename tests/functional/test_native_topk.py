@@ -241,11 +241,15 @@ def test_keep_winners_matches_the_gather_scatter_composition(relu: bool, with_sc
     torch.testing.assert_close(grad, expected_grad, rtol=0, atol=0)
 
 
-def test_take_rows_keeps_only_the_indexed_entries() -> None:
-    src = torch.arange(12.0).view(2, 6) - 5
-    indices = torch.tensor([[0, 5], [1, 2]])
-    out = take_rows(src, indices, torch.tensor([[2.0, 1.0], [1.0, 3.0]]), relu=True)
-    assert out.tolist() == [[0.0, 0, 0, 0, 0, 0.0], [0, 2.0, 9.0, 0, 0, 0]]
+@pytest.mark.parametrize("relu", [False, True])
+def test_take_rows_keeps_only_the_indexed_entries_and_their_gradient_bits(relu: bool) -> None:
+    src = torch.arange(12.0).view(2, 6) - 5  # [[-5 .. 0], [1 .. 6]]
+    indices = torch.tensor([[0, 5], [2, 1]])
+    torch.full((2, 1), 255, dtype=torch.uint8)  # freed at once: the bits must not keep what memory held
+    out, bits = take_rows(src, indices, relu=relu)
+    assert out.tolist() == [[0.0 if relu else -5.0, 0, 0, 0, 0, 0], [0, 2.0, 3.0, 0, 0, 0]]
+    # the gradient passes at the winners, but with relu not where x <= 0 (here the first row's -5 and 0)
+    assert unpacked(bits, 6).tolist() == [[not relu, 0, 0, 0, 0, not relu], [0, 1, 1, 0, 0, 0]]
 
 
 def test_batch_of_rows_equals_rows_one_at_a_time() -> None:

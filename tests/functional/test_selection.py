@@ -4,6 +4,7 @@ import torch
 from ksparse_pl.functional import (
     k_sparse,
     keep_masked,
+    keep_winners,
     select_and_keep,
     selection_scores,
     threshold_mask,
@@ -142,6 +143,9 @@ def test_a_winner_relu_zeroed_passes_no_gradient_whatever_its_factor_and_gradien
     grad_out = torch.tensor([[float("inf"), 1.0, 1.0, float("nan")], [1.0, 1.0, 1.0, 1.0]], dtype=dtype)
     (grad,) = torch.autograd.grad(out, x, grad_out)
     assert grad.tolist() == [[0.0, 0.0, 2.0, 0.0], [2.0, 2.0, 0.0, 2.0]]
+    for scale, passed in ((None, 1.0), (torch.full(indices.shape, 3.0, dtype=dtype), 3.0)):
+        (grad,) = torch.autograd.grad(keep_winners(x, indices, relu=True, grad_scale=scale), x, grad_out)
+        assert grad.tolist() == [[0.0, 0.0, passed, 0.0], [passed, passed, 0.0, passed]]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])

@@ -671,9 +671,10 @@ typedef struct {
 } select_job;
 
 typedef struct {
-    const float *src, *factors;
+    const float *src;
     const int64_t *indices;
     float *dst;
+    uint8_t *bits;
     int64_t n, k;
     int relu;
 } take_job;
@@ -683,21 +684,19 @@ typedef struct {
     int64_t begin, end;
 } slice;
 
-/* dst = 0 but dst[idx[j]] = src[idx[j]] (ReLU'd if relu) * factors[j] (1 without factors).
- * Returns 0 if an index lies outside [0, n). */
-static int write_row(const float *src, const int64_t *idx, const float *factors, int relu, int64_t n, int64_t k,
-                     float *dst) {
+/* dst = 0 but dst[idx[j]] = src[idx[j]] (ReLU'd if relu).  Returns 0 if an index lies outside [0, n). */
+static int write_row(const float *src, const int64_t *idx, int relu, int64_t n, int64_t k, float *dst) {
     memset(dst, 0, n * sizeof(float));
     for (int64_t j = 0; j < k; j++) {
         if ((uint64_t)idx[j] >= (uint64_t)n) return 0;
         float v = src[idx[j]];
         if (relu && v < 0.0f) v = 0.0f;
-        dst[idx[j]] = factors ? v * factors[j] : v;
+        dst[idx[j]] = v;
     }
     return 1;
 }
 
-/* The bits of write_above_portable for the winners idx of a row (when no threshold separates them). */
+/* The bits of write_above_portable for the winners idx of a row (when no threshold separates them, or given). */
 static void winner_bits(const float *x, const int64_t *idx, int relu, int64_t n, int64_t k, uint8_t *bits) {
     memset(bits, 0, (n + 7) / 8);
     for (int64_t j = 0; j < k; j++) {
@@ -760,7 +759,7 @@ static void *select_slice(void *arg) {
         if (job->dst && !isnan(threshold)) {
             write_above(s, x, threshold, job->relu, n, job->dst + row * n, bits);
         } else if (job->dst) {
-            write_row(x, idx, NULL, job->relu, n, k, job->dst + row * n); /* idx in range by construction */
+            write_row(x, idx, job->relu, n, k, job->dst + row * n); /* idx in range by construction */
             winner_bits(x, idx, job->relu, n, k, bits);
         }
         if (job->counts)
@@ -781,11 +780,12 @@ static void *select_slice(void *arg) {
 static void *take_slice(void *arg) {
     const slice *sl = arg;
     const take_job *job = sl->job;
+    int64_t n = job->n, k = job->k;
     for (int64_t row = sl->begin; row < sl->end; row++) {
-        const float *factors = job->factors ? job->factors + row * job->k : NULL;
-        if (!write_row(job->src + row * job->n, job->indices + row * job->k, factors, job->relu, job->n, job->k,
-                       job->dst + row * job->n))
-            return (void *)1; /* an index outside [0, n) */
+        const float *src = job->src + row * n;
+        const int64_t *idx = job->indices + row * k;
+        if (!write_row(src, idx, job->relu, n, k, job->dst + row * n)) return (void *)1; /* an index outside [0, n) */
+        winner_bits(src, idx, job->relu, n, k, job->bits + row * ((n + 7) / 8));
     }
     return NULL;
 }
@@ -899,10 +899,11 @@ int ksparse_take_bits_rows_at(const float *src, const uint8_t *bits, const int64
     return run_rows(take_bits_slice, &job, rows, n, threads);
 }
 
-/* dst[r, :] = 0 but dst[r, indices[r, j]] = src[r, indices[r, j]] (ReLU'd if relu) * factors[r, j].
- * Returns nonzero if an index lies outside [0, n) (dst is then incomplete). */
-int ksparse_take_rows(const float *src, const int64_t *indices, const float *factors, int relu, float *dst,
-                      int64_t rows, int64_t n, int64_t k, int threads) {
-    take_job job = {src, factors, indices, dst, n, k, relu};
+/* dst[r, :] = 0 but dst[r, indices[r, j]] = src[r, indices[r, j]] (ReLU'd if relu), and bits (rows, (n + 7) / 8)
+ * where its gradient passes (see write_above_portable).  Returns nonzero if an index lies outside [0, n) (dst and
+ * bits are then incomplete). */
+int ksparse_take_rows(const float *src, const int64_t *indices, int relu, float *dst, uint8_t *bits, int64_t rows,
+                      int64_t n, int64_t k, int threads) {
+    take_job job = {src, indices, dst, bits, n, k, relu};
     return run_rows(take_slice, &job, rows, n, threads);
 }
