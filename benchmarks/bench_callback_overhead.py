@@ -10,7 +10,8 @@ and sorted usage plot every ``--log-every`` steps), SensitivitySchedule, DutyCyc
 (from k to k: the schedule runs every step without changing how much work a step does).
 The cost per step is the wall time from the start of step 20 to the end of the run, over the steps: the
 occasional logging step is spread over all of them, as it is in training (the sorted usage plot, rendered
-by matplotlib, is most of it: about 0.1 s per layer per log on a 2-core CPU). Rounds alternate which set-up
+by matplotlib, is most of it: about 0.1 s per layer on a 2-core CPU at the first log, which builds the figure;
+a whole log takes 0.06-0.07 s after). Rounds alternate which set-up
 runs first so that drift of the machine hits both; the table gives each round and the median ratio. As a
 noise-free view, "in hooks" is the time spent inside the four callbacks' batch and epoch hooks, per step.
 ``--no-op`` puts four callbacks without hooks in their place: Lightning's own cost of calling callbacks, and

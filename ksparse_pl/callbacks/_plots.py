@@ -13,7 +13,8 @@ from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 
 def figure_to_array(figure: Figure) -> np.ndarray:
     """An (H, W, 3) uint8 RGB rendering of ``figure``, without pyplot or a display."""
-    canvas = FigureCanvasAgg(figure)
+    # A figure drawn again keeps its canvas (and the renderer in it): a new one took an eighth of a redraw.
+    canvas = figure.canvas if isinstance(figure.canvas, FigureCanvasAgg) else FigureCanvasAgg(figure)
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 

@@ -43,18 +43,39 @@ def binned_usage(counts: Tensor, max_bins: int) -> tuple[np.ndarray, np.ndarray]
     return heights, edges
 
 
-def sorted_usage_plot(counts: Tensor, title: str) -> np.ndarray:
-    """Per-unit selection counts, most used first, as an RGB image."""
-    figure = Figure(figsize=(6, 3), dpi=100)
-    axes = figure.add_subplot()
-    values = torch.sort(counts.double().cpu(), descending=True).values.numpy()
-    # One filled polygon and fixed margins: bars per unit and tight_layout cost 2-3x more to render.
-    axes.fill_between(np.arange(len(values)), values, color="tab:blue", linewidth=0)
-    axes.set_xlabel("unit (sorted by use)")
-    axes.set_ylabel("times selected")
-    axes.set_title(title, fontsize=9)
-    figure.subplots_adjust(left=0.14, right=0.97, bottom=0.16, top=0.9)
-    return figure_to_array(figure)
+class SortedUsagePlot:
+    """Per-unit selection counts, most used first, rendered as an RGB image, on one figure kept for every render.
+
+    A render on a fresh figure took about 90 ms here and one on a kept figure 60 ms (1024 units; most of the rest is
+    drawing the tick labels), and :class:`NodeUsageLogger` renders one per layer at every log.
+
+    Example:
+        >>> import torch
+        >>> SortedUsagePlot().render(torch.tensor([3, 0, 5]), "layer").shape
+        (300, 600, 3)
+    """
+
+    def __init__(self) -> None:
+        self._figure = Figure(figsize=(6, 3), dpi=100)
+        self._axes = self._figure.add_subplot()
+        self._axes.set_xlabel("unit (sorted by use)")
+        self._axes.set_ylabel("times selected")
+        # Fixed margins: tight_layout cost 2-3x more to render.
+        self._figure.subplots_adjust(left=0.14, right=0.97, bottom=0.16, top=0.9)
+        self._area: Any = None
+
+    def render(self, counts: Tensor, title: str) -> np.ndarray:
+        """The plot of ``counts`` (per unit) under ``title``, as an (H, W, 3) uint8 array."""
+        values = torch.sort(counts.double().cpu(), descending=True).values.numpy()
+        if self._area is not None:
+            self._area.remove()
+        # One filled polygon: bars per unit cost 2-3x more to render.
+        self._area = self._axes.fill_between(np.arange(len(values)), values, color="tab:blue", linewidth=0)
+        # Limits from these counts alone (autoscaling would also keep the removed polygons' extent).
+        self._axes.set_xlim(0, max(len(values) - 1, 1))
+        self._axes.set_ylim(0, max(float(values[0]) if len(values) else 0.0, 1.0) * 1.05)
+        self._axes.set_title(title, fontsize=9)
+        return figure_to_array(self._figure)
 
 
 class NodeUsageLogger(pl.Callback):
@@ -98,6 +119,7 @@ class NodeUsageLogger(pl.Callback):
         self.log_histogram = log_histogram
         self.log_image = log_image
         self._since: dict[str, Tensor] = {}
+        self._plots: dict[str, SortedUsagePlot] = {}  # rank zero's figures, one per layer, kept between logs
 
     @property
     def state_key(self) -> str:
@@ -145,7 +167,13 @@ class NodeUsageLogger(pl.Callback):
             log_histogram(trainer, f"usage/{name}/histogram", *binned_usage(counts, self.max_bins))
         if self.log_image and takes_images(trainer):
             title = f"{name}: dead {stats['dead_fraction']:.1%}, entropy {stats['entropy']:.3f}"
-            log_image(trainer, f"usage/{name}/sorted", sorted_usage_plot(counts, title))
+            if name not in self._plots:
+                self._plots[name] = SortedUsagePlot()
+            log_image(trainer, f"usage/{name}/sorted", self._plots[name].render(counts, title))
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The figures only save rendering time: not pickled with the trainer (ddp_spawn), nor copied.
+        return {**self.__dict__, "_plots": {}}
 
     @override
     def state_dict(self) -> dict[str, Any]:

@@ -1,3 +1,5 @@
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -7,7 +9,7 @@ from user_model import DenseNet, RandomData, UserAutoencoder, make_trainer
 
 from ksparse_pl import KSparse
 from ksparse_pl.callbacks import FeatureGridLogger, LSUVInit, NodeUsageLogger
-from ksparse_pl.callbacks.node_usage_logger import binned_usage, usage_statistics
+from ksparse_pl.callbacks.node_usage_logger import SortedUsagePlot, binned_usage, usage_statistics
 
 
 @pytest.fixture
@@ -48,6 +50,25 @@ def test_wide_layers_are_binned_to_512() -> None:
     assert heights.sum() == counts.sum().item()
     heights, _ = binned_usage(torch.tensor([4, 0, 1]), 512)
     assert heights.tolist() == [4, 0, 1]
+
+
+def test_a_kept_usage_plot_renders_as_a_fresh_one() -> None:
+    # NodeUsageLogger keeps one figure per layer: nothing of an earlier render may show in the next one.
+    kept = SortedUsagePlot()
+    kept.render(torch.tensor([50, 0, 7, 3, 90, 1, 4]), "enc: a title much longer than the next one")
+    counts = torch.tensor([2, 9, 0, 4])
+    again = kept.render(counts, "dec")
+    assert again.shape == (300, 600, 3) and again.dtype == np.uint8
+    assert np.array_equal(again, SortedUsagePlot().render(counts, "dec"))
+    assert not np.array_equal(again, SortedUsagePlot().render(torch.tensor([3, 3, 3, 3]), "dec"))
+
+
+def test_node_usage_logger_pickles_without_its_figures() -> None:
+    callback = NodeUsageLogger(every_n_steps=7)
+    callback._plots["enc"] = SortedUsagePlot()
+    copy = pickle.loads(pickle.dumps(callback))
+    assert copy._plots == {} and copy.every_n_steps == 7
+    assert "enc" in callback._plots  # the original keeps its figure
 
 
 def test_node_usage_to_wandb_every_n_steps(tmp_path, data, wandb_logger) -> None:
