@@ -139,7 +139,9 @@ class KSparse(SparseActivation):
     def _pairs_from_ids(self, unit_ids: Tensor) -> tuple[Tensor, Tensor]:
         # Each unit wins at most once per sample here: the winners are the pairs, no (S, n) mask needed.
         samples, k = unit_ids.shape
-        return _sample_of_each_winner(samples, k, unit_ids.device), unit_ids.reshape(-1)
+        # Under torch.compile the graph builds it: dynamo would trace through the cache, and warn that it does.
+        build = _sample_of_each_winner.__wrapped__ if torch.compiler.is_compiling() else _sample_of_each_winner
+        return build(samples, k, unit_ids.device), unit_ids.reshape(-1)
 
     def _scale_from_ids(self, factors: Tensor, pairs: tuple[Tensor, Tensor], unit_ids: Tensor) -> Tensor:
         return factors.view_as(unit_ids)
