@@ -300,11 +300,7 @@ def take_bits_rows_at(src: Tensor, bits: Tensor, indices: Tensor, factors: Tenso
     n, k = src.shape[-1], indices.shape[-1]
     rows = _as_rows(src)
     _check_bits("take_bits_rows_at", bits, rows)
-    if indices.dtype != torch.int64 or not indices.is_cpu or indices.shape[:-1] != src.shape[:-1]:
-        raise ValueError(
-            f"take_bits_rows_at: expected int64 CPU `indices` shaped {(*src.shape[:-1], k)}, but got {indices.dtype} "
-            f"{tuple(indices.shape)} on {indices.device}."
-        )
+    _check_indices("take_bits_rows_at", indices, src)
     if not factors.is_cpu or factors.shape != indices.shape:
         raise ValueError(
             f"take_bits_rows_at: expected CPU `factors` shaped like `indices` {tuple(indices.shape)}, but got "
@@ -333,6 +329,15 @@ def _check_bits(caller: str, bits: Tensor, rows: Tensor) -> None:
     if bits.dtype != torch.uint8 or bits.shape != expected or not bits.is_contiguous():
         raise ValueError(
             f"{caller}: expected contiguous uint8 `bits` of shape {expected}, but got {bits.dtype} {tuple(bits.shape)}."
+        )
+
+
+def _check_indices(caller: str, indices: Tensor, src: Tensor) -> None:
+    """Refuse ``indices`` that are not int64 CPU winners of ``src``'s rows (its shape but the last dim)."""
+    if indices.dtype != torch.int64 or not indices.is_cpu or indices.shape[:-1] != src.shape[:-1]:
+        raise ValueError(
+            f"{caller}: expected int64 CPU `indices` shaped {(*src.shape[:-1], indices.shape[-1])}, but got "
+            f"{indices.dtype} {tuple(indices.shape)} on {indices.device}."
         )
 
 
@@ -368,11 +373,7 @@ def take_rows(src: Tensor, indices: Tensor, relu: bool = False) -> tuple[Tensor,
     """A tensor like ``src``, zero but at ``indices`` (last dim), where it holds ``src`` (ReLU'd with ``relu``), and
     the bits of where its gradient passes (as :func:`select_rows`' ``bits``, for :func:`take_bits_rows`)."""
     n, k = src.shape[-1], indices.shape[-1]
-    if indices.dtype != torch.int64 or not indices.is_cpu or indices.shape[:-1] != src.shape[:-1]:
-        raise ValueError(
-            f"take_rows: expected int64 CPU `indices` shaped {(*src.shape[:-1], k)}, but got {indices.dtype} "
-            f"{tuple(indices.shape)} on {indices.device}."
-        )
+    _check_indices("take_rows", indices, src)
     rows = _as_rows(src)
     index_rows = _as_rows(indices)
     # The kernel zeroes each row and writes its winners in one visit, on torch's threads.

@@ -258,10 +258,8 @@ class _SelectChannels(torch.autograd.Function):
     @first_order_only
     def backward(ctx: Any, grad: Tensor, *_: Any) -> tuple[Tensor, None, None, None, None, None, None, None, None]:
         bits, indices, grad_scale = ctx.saved_tensors
-        if grad_scale is not None and indices is None:  # per sample and channel: (B, C)
-            passed = take_bits_rows(grad.reshape(bits.shape[0], -1), bits, grad_scale).view(grad.shape)
-        else:
-            passed = _passed_by_bits(grad, bits)
+        # per sample and channel, (B, C) factors scale each channel's positions as they are masked
+        passed = _passed_by_bits(grad, bits, grad_scale if indices is None else None)
         if grad_scale is not None and indices is not None:  # k of C entries per position: scaled where they are
             scale_channel_winners_(passed, indices, grad_scale)
         return passed, None, None, None, None, None, None, None, None
@@ -276,12 +274,13 @@ def _passed(grad: Tensor, bits: Tensor, winners: Tensor | None, factors: Tensor 
     return take_bits_rows_at(grad, bits, winners, factors)
 
 
-def _passed_by_bits(grad: Tensor, bits: Tensor) -> Tensor:
+def _passed_by_bits(grad: Tensor, bits: Tensor, factors: Tensor | None = None) -> Tensor:
     """``grad`` where its bit is set, 0 elsewhere: ``bits`` holds one row of bits per row of ``grad`` seen as
-    ``(bits.shape[0], -1)`` (a row of a kernel's rows, or a sample of the channel kernel's maps)."""
+    ``(bits.shape[0], -1)`` (a row of a kernel's rows, or a sample of the channel kernel's maps); ``factors``, as
+    :func:`take_bits_rows` takes them, scale the kept entries by groups."""
     if grad.dim() == 2:  # the usual (B, n): reshaping it and viewing the result back cost 6-16 us per backward
-        return take_bits_rows(grad, bits)
-    return take_bits_rows(grad.reshape(bits.shape[0], -1), bits).view(grad.shape)
+        return take_bits_rows(grad, bits, factors)
+    return take_bits_rows(grad.reshape(bits.shape[0], -1), bits, factors).view(grad.shape)
 
 
 def _channels_native(x: Tensor, dim: int, k: int) -> bool:
