@@ -119,7 +119,10 @@ class SparseActivation(nn.Module):
 
     @k.setter
     def k(self, value: int) -> None:
-        self._k = check_k(value, self.width)
+        value = check_k(value, self.width)
+        if value == self._k:  # KSchedule sets k before every batch; the tensor below cost 15-30 us a step
+            return
+        self._k = value
         # A new tensor rather than fill_: the old one may be shared with other processes (share_memory()).
         self._target_density = _density(self._k, self.width, self._target_density.device)
 

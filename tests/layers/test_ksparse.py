@@ -170,6 +170,8 @@ def test_boost_factors_follow_k_through_schedules_checkpoints_and_casts() -> Non
         layer(torch.randn(8, 20))
     assert torch.equal(layer._boost(), expected(layer))
     shared = layer.share_memory()._target_density
+    layer.k = 4  # unchanged
+    assert layer._target_density is shared
     layer.k = 3
     assert shared.item() == pytest.approx(0.2)  # another process's copy keeps its own k
     assert torch.equal(layer._boost(), expected(layer))
