@@ -63,6 +63,31 @@ def test_a_kept_usage_plot_renders_as_a_fresh_one() -> None:
     assert not np.array_equal(again, SortedUsagePlot().render(torch.tensor([3, 3, 3, 3]), "dec"))
 
 
+@pytest.mark.parametrize("most", [1, 60, 600_000, 10**9])
+def test_the_usage_plots_labels_clear_the_tick_labels_and_stay_in_the_figure(most: int) -> None:
+    # The axis labels and the title sit at fixed places (measuring the tick labels to place them was slow).
+    plot = SortedUsagePlot()
+    plot.render(torch.tensor([most, most // 3, 0]), "encoder.1: dead 33.3%, entropy 0.579")
+    renderer = plot._figure.canvas.get_renderer()
+    axes, figure = plot._axes, plot._figure.bbox
+
+    def extent(artist):
+        return artist.get_window_extent(renderer)
+
+    def drawn_tick_labels(axis):  # those of the ticks within the view
+        low, high = sorted(axis.get_view_interval())
+        return [extent(tick.label1) for tick in axis.get_major_ticks() if low <= tick.get_loc() <= high]
+
+    x_ticks, y_ticks = drawn_tick_labels(axes.xaxis), drawn_tick_labels(axes.yaxis)
+    assert x_ticks and y_ticks
+    x_label, y_label, title = extent(axes.xaxis.label), extent(axes.yaxis.label), extent(axes.title)
+    assert all(x_label.y1 < tick.y0 for tick in x_ticks)
+    assert all(y_label.x1 < tick.x0 for tick in y_ticks)
+    assert title.y0 > axes.bbox.y1 and not title.overlaps(extent(axes.yaxis.offsetText))
+    for box in (x_label, y_label, title, *x_ticks, *y_ticks):
+        assert figure.x0 <= box.x0 and box.x1 <= figure.x1 and figure.y0 <= box.y0 and box.y1 <= figure.y1
+
+
 def test_node_usage_logger_pickles_without_its_figures() -> None:
     callback = NodeUsageLogger(every_n_steps=7)
     callback._plots["enc"] = SortedUsagePlot()
