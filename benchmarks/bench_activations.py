@@ -20,7 +20,7 @@ float32) against ``torch.topk``, on normal scores and on ReLU'd ones (half of th
 them, a table of forward and backward timed apart at the first shape, for ReLU, ``k_sparse`` and ``KSparse``.
 The next gives the fixed cost per call (Python, autograd, state bookkeeping): one row of 64 units. The last
 times ``KSparse2d`` / ``KWinners2d`` on (B, C, H, W) feature maps, with ``torch.topk`` over the channels then a
-scatter as the baseline.
+scatter as the baseline. ``--tables widths`` compares the row kernels' instruction sets that the CPU runs.
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ from torch import nn
 from ksparse_pl import KSparse, KSparse2d, KWinners, KWinners2d
 from ksparse_pl.allocator import keep_freed_memory
 from ksparse_pl.functional import k_sparse, topk_indices
+from ksparse_pl.functional.native import KERNEL_WIDTHS, use_widest_kernels
+from ksparse_pl.functional.native_topk import select_rows, take_bits_rows
 
 SHAPES = [(256, 4096, 0.05), (256, 1024, 0.10), (1024, 512, 0.25)]
 # A conv layer's feature maps: MNIST-sized 32 channels after a 5x5 conv, and 64 channels further in.
@@ -232,6 +234,42 @@ def overhead_table(rounds: int, repeats: int, n: int = 64, p: float = 1 / 16, ca
         print(f"| 1 | {n} | {round(n * p)} | {name} | {us:.0f} | {us - relu:.0f} |")
 
 
+def widths_table(rounds: int, repeats: int) -> None:
+    """The row kernels of each instruction set this CPU runs (portable, AVX2, AVX-512), taking turns: the selection
+    with boosting and output, the backward's masking, and ``KWinners`` forward+backward."""
+    widths = [w for w in KERNEL_WIDTHS if use_widest_kernels(w) == w]
+    print()
+    columns = [f"{w} ms" for w in widths] + [f"{w} / avx2" for w in widths]
+    print(f"| B | n | k | case | {' | '.join(columns)} |")
+    print(f"|---|---|---|---|{'---|' * len(columns)}")
+    for batch, n, p in SHAPES:
+        k = round(n * p)
+        x, grad, boost = torch.randn(batch, n, requires_grad=True), torch.randn(batch, n), torch.rand(n) + 0.5
+        bits = select_rows(x.detach(), k, output=True).bits
+        layer = KWinners(n, k)
+        kernels: dict[str, Callable[[], object]] = {
+            "select_rows, boosted, output": lambda: select_rows(x.detach(), k, boost=boost, output=True, counts=True),  # noqa: B023
+            "take_bits_rows": lambda: take_bits_rows(grad, bits),  # noqa: B023
+            "KWinners fwd+bwd": step(layer, x, grad),
+        }
+        for name, run in kernels.items():
+            times = interleaved_ms({w: width_run(w, run) for w in widths}, rounds, repeats)
+            ms = " | ".join(f"{statistics.median(times[w]):.3f}" for w in widths)
+            ratios = " | ".join(f"{median_ratio(times, w, 'avx2'):.2f}" if "avx2" in times else "-" for w in widths)
+            print(f"| {batch} | {n} | {k} | {name} | {ms} | {ratios} |")
+    use_widest_kernels(KERNEL_WIDTHS[-1])
+
+
+def width_run(width: str, run: Callable[[], object]) -> Callable[[], None]:
+    """``run`` on the row kernels of ``width`` (switching costs a ctypes call, about a microsecond)."""
+
+    def on_width() -> None:
+        use_widest_kernels(width)
+        run()
+
+    return on_width
+
+
 def step_times(run: Callable[[], None], calls: int) -> Callable[[], None]:
     """``run`` called ``calls`` times in a row, as one function to time."""
 
@@ -286,6 +324,7 @@ TABLES: dict[str, Callable[[int, int], None]] = {
     "selection": selection_table,
     "overhead": overhead_table,
     "conv": conv_table,
+    "widths": widths_table,
 }
 
 if __name__ == "__main__":

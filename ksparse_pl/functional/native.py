@@ -4,7 +4,9 @@ The shared library is cached in ``$KSPARSE_PL_CACHE`` (default ``$XDG_CACHE_HOME
 ``~/.cache/ksparse_pl``), keyed by the sources and the compiler, so a machine compiles it once (about a
 second); a build unused for ``UNUSED_BUILD_DAYS`` (an earlier version's) is deleted when another is made.
 Without a working compiler, or with ``KSPARSE_PL_NATIVE=0``, everything warns once and uses torch's own
-operations: the same results, except which of several tied scores win a top-k selection.
+operations: the same results, except which of several tied scores win a top-k selection. The row kernels use
+AVX-512 or AVX2 where the CPU has them; ``KSPARSE_PL_CPU_KERNELS`` (``portable``, ``avx2`` or ``avx512``) caps
+that, with the same results.
 :mod:`~ksparse_pl.functional.native_topk` (rows and channels), :mod:`~ksparse_pl.functional.native_rows`,
 :mod:`~ksparse_pl.functional.native_history` and :mod:`~ksparse_pl.functional.native_duty_cycle` wrap the
 kernels.
@@ -35,6 +37,9 @@ _HEADERS = [_CSRC / "threads.h"]
 _FLAGS = ["-O3", "-shared", "-fPIC"]
 # OpenMP, when the compiler has it: the library then shares torch's OpenMP runtime and thread pool.
 _PARALLEL_FLAGS = ["-fopenmp"]
+#: The instruction sets of the row kernels, narrowest first: ``$KSPARSE_PL_CPU_KERNELS`` (default the last) and
+#: :func:`use_widest_kernels` name the widest to use where the CPU has it.
+KERNEL_WIDTHS = ("portable", "avx2", "avx512")
 #: Days after its last use that a cached build of other sources is deleted, when a new one is built.
 UNUSED_BUILD_DAYS = 30
 
@@ -68,6 +73,7 @@ def library() -> ctypes.CDLL:
 def _library() -> ctypes.CDLL | None:
     if os.environ.get("KSPARSE_PL_NATIVE", "1") == "0":
         return None
+    widest = _widest_allowed()
     try:
         lib = ctypes.CDLL(str(_build()))
     except (OSError, subprocess.SubprocessError) as err:
@@ -127,8 +133,25 @@ def _library() -> ctypes.CDLL | None:
     # (duty_cycle, selection_count, samples_seen, counts, n, batch, positions, period)
     lib.ksparse_add_wins.argtypes = [pointer, pointer, pointer, pointer, i64, i64, i64, i64]
     lib.ksparse_add_wins.restype = None
-    lib.ksparse_init()
+    lib.ksparse_init.argtypes = [ctypes.c_int]
+    lib.ksparse_init(KERNEL_WIDTHS.index(widest))
     return lib
+
+
+def use_widest_kernels(widest: str) -> str:
+    """Run the row kernels of at most the instruction set ``widest`` (one of :data:`KERNEL_WIDTHS`) from now on,
+    in this process, and return the one in use: narrower where the CPU lacks it. For tests and comparisons;
+    ``$KSPARSE_PL_CPU_KERNELS`` sets it for a whole run."""
+    if widest not in KERNEL_WIDTHS:
+        raise ValueError(f"use_widest_kernels: expected `widest` in {KERNEL_WIDTHS}, but got {widest!r}.")
+    return KERNEL_WIDTHS[library().ksparse_init(KERNEL_WIDTHS.index(widest))]
+
+
+def _widest_allowed() -> str:
+    widest = os.environ.get("KSPARSE_PL_CPU_KERNELS", KERNEL_WIDTHS[-1])
+    if widest not in KERNEL_WIDTHS:
+        raise ValueError(f"KSPARSE_PL_CPU_KERNELS: expected one of {KERNEL_WIDTHS}, but got {widest!r}.")
+    return widest
 
 
 def _build() -> Path:

@@ -9,13 +9,21 @@ import shutil
 import subprocess
 import sys
 import time
+from itertools import product
 
 import numpy as np
 import pytest
 import torch
 
 from ksparse_pl.functional import k_sparse, keep_masked, keep_winners, threshold_keep, threshold_mask, topk_indices
-from ksparse_pl.functional.native import UNUSED_BUILD_DAYS, _build, native_enabled
+from ksparse_pl.functional.native import (
+    KERNEL_WIDTHS,
+    UNUSED_BUILD_DAYS,
+    _build,
+    _widest_allowed,
+    native_enabled,
+    use_widest_kernels,
+)
 from ksparse_pl.functional.native_topk import (
     keep_at_least_rows,
     select_rows,
@@ -112,6 +120,69 @@ def test_scores_output_and_counts_in_one_pass(rows: str, by_magnitude: bool, boo
     plain = select_rows(x, 35, boost=boost, by_magnitude=by_magnitude)
     assert plain.output is None and plain.counts is None and plain.bits is None
     assert torch.equal(plain.indices, winners)
+
+
+@pytest.fixture(params=KERNEL_WIDTHS)
+def kernel_width(request: pytest.FixtureRequest):
+    """The row kernels of one instruction set for the test, those of the run after it."""
+    try:
+        if use_widest_kernels(request.param) != request.param:
+            pytest.skip(f"this CPU cannot run the {request.param} kernels")
+        yield request.param
+    finally:
+        use_widest_kernels(_widest_allowed())
+
+
+def identical(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """float32 tensors equal bit for bit: NaN matches NaN, and -0.0 does not match 0.0."""
+    return torch.equal(a.view(torch.int32), b.view(torch.int32))
+
+
+# Lengths around the vectors' 8 and 16 lanes and the output passes' 32- and 64-bit stores of the bits.
+@pytest.mark.parametrize(("n", "k"), [(4096, 205), (1000, 100), (100, 10), (37, 5), (17, 3), (16, 4), (9, 2), (5, 2)])
+def test_every_instruction_set_gives_the_reference_winners_output_bits_and_gradients(
+    kernel_width: str, n: int, k: int
+) -> None:
+    torch.manual_seed(n)
+    groups = 4 if n % 4 == 0 else 1  # a factor per group of entries, groups not whole bytes at n = 100
+    for rows, by_magnitude, boosted, relu in product(ROWS.values(), [False, True], [False, True], [False, True]):
+        x = rows(6, n)
+        x[0] = (torch.randperm(n) - (n - k)).float()  # 0 is the k-th largest: a winner that relu stops
+        boost = torch.rand(n) * 2 if boosted else None
+        scores = x.abs() if by_magnitude else x
+        scores = scores * boost if boost is not None else scores
+        winners = reference_winners(scores, k)
+        values = x.gather(1, winners)
+        expected = torch.zeros_like(x).scatter(1, winners, values.clamp(min=0) if relu else values)
+        result = select_rows(x, k, boost=boost, by_magnitude=by_magnitude, output=True, relu=relu, counts=True)
+        assert torch.equal(result.indices, winners)
+        assert identical(result.output, expected)
+        assert torch.equal(result.counts, torch.bincount(winners.reshape(-1), minlength=n))
+        passes = passing(x, winners, relu)
+        assert torch.equal(unpacked(result.bits, n), passes)
+
+        grad, factors = torch.randn(6, n), torch.rand(6, k) + 0.5
+        assert identical(take_bits_rows(grad, result.bits), torch.where(passes, grad, 0.0))
+        per_group = torch.rand(6, groups) + 0.5
+        spread = per_group.repeat_interleave(n // groups, dim=1)
+        assert identical(take_bits_rows(grad, result.bits, per_group), torch.where(passes, grad * spread, 0.0))
+        at_winners = torch.zeros(6, n).scatter(1, winners, factors)
+        scaled = take_bits_rows_at(grad, result.bits, winners, factors)
+        assert identical(scaled, torch.where(passes, grad * at_winners, 0.0))
+
+        kept, bits, counts = keep_at_least_rows(x, k, boost=boost, by_magnitude=by_magnitude, relu=relu, counts=True)
+        mask = threshold_mask(scores, k)
+        assert identical(kept, torch.where(mask, x.clamp(min=0) if relu else x, 0.0))
+        assert torch.equal(unpacked(bits, n), mask & ~(x <= 0) if relu else mask)
+        assert torch.equal(counts, mask.sum(0))
+
+
+def test_a_width_that_is_not_an_instruction_set_is_refused(monkeypatch) -> None:
+    with pytest.raises(ValueError, match=r"`widest` in \('portable', 'avx2', 'avx512'\), but got 'sse9'"):
+        use_widest_kernels("sse9")
+    monkeypatch.setenv("KSPARSE_PL_CPU_KERNELS", "AVX2")
+    with pytest.raises(ValueError, match=r"KSPARSE_PL_CPU_KERNELS: expected one of .*, but got 'AVX2'"):
+        _widest_allowed()
 
 
 @pytest.mark.parametrize("relu", [False, True])

@@ -414,6 +414,147 @@ __attribute__((target("avx2"))) static void take_bits_scaled_avx2(const float *s
 }
 #endif
 
+/* ---------------------------------------------------------------- AVX-512 kernels (chosen at run time)
+ * For the passes that gain from 16 lanes: statistics, scores, output and the backward's masking; the last,
+ * partial vector is masked instead of a scalar tail.  The compactions stay AVX2: on Zen 5 vpcompressd and
+ * vcompressps took 1.6-1.8 times as long as the permutes through COMPRESS (a row of 4096 in L1). */
+#ifdef KSPARSE_X86
+#define AVX512 __attribute__((target("avx512f,popcnt")))
+
+/* The lanes of a vector from entry i on that lie before n. */
+AVX512 static inline __mmask16 lanes_before(int64_t i, int64_t n) {
+    return n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1u);
+}
+
+AVX512 static double hsum16(__m512 v) {
+    float a[16];
+    _mm512_storeu_ps(a, v);
+    double m = 0.0;
+    for (int j = 0; j < 16; j++) m += a[j];
+    return m;
+}
+
+/* stats_avx2's four chains of sums, 64 scores a step (each chain waits on its own adds only). */
+AVX512 static row_stats stats_avx512(const float *s, int64_t n) {
+    int64_t body = n - n % 64, i = 0;
+    __m512 lo = _mm512_set1_ps(INFINITY), hi = _mm512_set1_ps(-INFINITY), lo2 = lo, hi2 = hi;
+    __m512 sum = _mm512_setzero_ps(), sum2 = sum, sum3 = sum, sum4 = sum;
+    __m512 sumsq = sum, sumsq2 = sum, sumsq3 = sum, sumsq4 = sum;
+    for (; i < body; i += 64) {
+        __m512 v = _mm512_loadu_ps(s + i), w = _mm512_loadu_ps(s + i + 16);
+        __m512 v2 = _mm512_loadu_ps(s + i + 32), w2 = _mm512_loadu_ps(s + i + 48);
+        lo = _mm512_min_ps(lo, _mm512_min_ps(v, w));
+        hi = _mm512_max_ps(hi, _mm512_max_ps(v, w));
+        lo2 = _mm512_min_ps(lo2, _mm512_min_ps(v2, w2));
+        hi2 = _mm512_max_ps(hi2, _mm512_max_ps(v2, w2));
+        sum = _mm512_add_ps(sum, v);
+        sum2 = _mm512_add_ps(sum2, w);
+        sum3 = _mm512_add_ps(sum3, v2);
+        sum4 = _mm512_add_ps(sum4, w2);
+        sumsq = _mm512_fmadd_ps(v, v, sumsq);
+        sumsq2 = _mm512_fmadd_ps(w, w, sumsq2);
+        sumsq3 = _mm512_fmadd_ps(v2, v2, sumsq3);
+        sumsq4 = _mm512_fmadd_ps(w2, w2, sumsq4);
+    }
+    for (; i < n; i += 16) { /* masked-off lanes load as 0: they add nothing and keep the extremes */
+        __mmask16 m = lanes_before(i, n);
+        __m512 v = _mm512_maskz_loadu_ps(m, s + i);
+        lo = _mm512_mask_min_ps(lo, m, lo, v);
+        hi = _mm512_mask_max_ps(hi, m, hi, v);
+        sum = _mm512_add_ps(sum, v);
+        sumsq = _mm512_fmadd_ps(v, v, sumsq);
+    }
+    lo = _mm512_min_ps(lo, lo2);
+    hi = _mm512_max_ps(hi, hi2);
+    sum = _mm512_add_ps(_mm512_add_ps(sum, sum2), _mm512_add_ps(sum3, sum4));
+    sumsq = _mm512_add_ps(_mm512_add_ps(sumsq, sumsq2), _mm512_add_ps(sumsq3, sumsq4));
+    double total = hsum16(sum), squares = hsum16(sumsq);
+    stats_sums a = {_mm512_reduce_min_ps(lo), _mm512_reduce_max_ps(hi), total, squares,
+                    isfinite(total) && isfinite(squares)};
+    a.finite = a.finite && isfinite(a.min) && isfinite(a.max);
+    return stats_of_sums(&a, n);
+}
+
+/* scores_portable for the lanes m of 16 scores. */
+AVX512 __attribute__((always_inline)) static inline void scores16(const float *x, const float *boost, __m512i keep,
+                                                                  __mmask16 m, float *out) {
+    __m512 v = _mm512_castsi512_ps(_mm512_and_si512(_mm512_maskz_loadu_epi32(m, x), keep));
+    _mm512_mask_storeu_ps(out, m, boost ? _mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, boost)) : v);
+}
+
+AVX512 static void scores_avx512(const float *x, const float *boost, int by_magnitude, int64_t n, float *out) {
+    __m512i keep = _mm512_set1_epi32(by_magnitude ? 0x7FFFFFFF : -1); /* |v|: no sign bit */
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) scores16(x + i, boost ? boost + i : NULL, keep, 0xFFFF, out + i);
+    if (i < n) scores16(x + i, boost ? boost + i : NULL, keep, lanes_before(i, n), out + i);
+}
+
+/* output8 over the lanes m of 16 scores. */
+AVX512 __attribute__((always_inline)) static inline __mmask16 output16(const float *s, const float *x, __m512 tv,
+                                                                       int relu, int keep_ties, __mmask16 m,
+                                                                       float *dst, int32_t *hits) {
+    __m512 v = _mm512_maskz_loadu_ps(m, x), score = _mm512_maskz_loadu_ps(m, s), zero = _mm512_setzero_ps();
+    __mmask16 won = keep_ties ? _mm512_mask_cmp_ps_mask(m, score, tv, _CMP_NLT_UQ)
+                              : _mm512_mask_cmp_ps_mask(m, score, tv, _CMP_GE_OQ);
+    __mmask16 passes = relu ? _mm512_mask_cmp_ps_mask(won, v, zero, _CMP_NLE_UQ) : won;
+    if (relu) v = _mm512_max_ps(zero, v);
+    _mm512_mask_storeu_ps(dst, m, _mm512_maskz_mov_ps(won, v));
+    if (keep_ties) {
+        __m512i h = _mm512_maskz_loadu_epi32(m, hits);
+        _mm512_mask_storeu_epi32(hits, m, _mm512_mask_add_epi32(h, won, h, _mm512_set1_epi32(1)));
+    }
+    return passes;
+}
+
+/* output_body and its tail: the bits go out 64 at a time, then 16, then the last byte or two. */
+AVX512 __attribute__((always_inline)) static inline void output_row512(const float *s, const float *x, float t,
+                                                                       int relu, int keep_ties, int64_t n,
+                                                                       float *dst, uint8_t *bits, int32_t *hits) {
+    int64_t words = n - n % 64, i = 0;
+    __m512 tv = _mm512_set1_ps(t);
+    for (; i < words; i += 64) {
+        uint64_t word = 0;
+        for (int j = 0; j < 64; j += 16)
+            word |= (uint64_t)output16(s + i + j, x + i + j, tv, relu, keep_ties, 0xFFFF, dst + i + j,
+                                       keep_ties ? hits + i + j : NULL)
+                    << j;
+        memcpy(bits + i / 8, &word, sizeof word);
+    }
+    for (; i < n; i += 16) {
+        unsigned half = output16(s + i, x + i, tv, relu, keep_ties, lanes_before(i, n), dst + i,
+                                 keep_ties ? hits + i : NULL);
+        bits[i / 8] = (uint8_t)half;
+        if (n - i > 8) bits[i / 8 + 1] = (uint8_t)(half >> 8);
+    }
+}
+
+AVX512 static void write_above_avx512(const float *s, const float *x, float t, int relu, int64_t n, float *dst,
+                                      uint8_t *bits) {
+    if (relu) output_row512(s, x, t, 1, 0, n, dst, bits, NULL);
+    else output_row512(s, x, t, 0, 0, n, dst, bits, NULL);
+}
+
+AVX512 static void keep_at_least_avx512(const float *s, const float *x, float kth, int relu, int64_t n, float *dst,
+                                        uint8_t *bits, int32_t *hits) {
+    if (relu) output_row512(s, x, kth, 1, 1, n, dst, bits, hits);
+    else output_row512(s, x, kth, 0, 1, n, dst, bits, hits);
+}
+
+AVX512 static void take_bits_avx512(const float *src, const uint8_t *bits, int64_t n, float *dst) {
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        uint16_t set;
+        memcpy(&set, bits + i / 8, sizeof set);
+        _mm512_storeu_ps(dst + i, _mm512_maskz_loadu_ps(set, src + i));
+    }
+    if (i < n) {
+        __mmask16 m = lanes_before(i, n);
+        unsigned set = bits[i / 8] | (n - i > 8 ? (unsigned)bits[i / 8 + 1] << 8 : 0u); /* & m: no load past n */
+        _mm512_mask_storeu_ps(dst + i, m, _mm512_maskz_loadu_ps((__mmask16)set & m, src + i));
+    }
+}
+#endif
+
 static row_stats (*stats)(const float *, int64_t) = stats_portable;
 static int64_t (*count_at_least)(const float *, int64_t, float) = count_portable;
 static int64_t (*collect_at_least)(const float *, const int32_t *, int64_t, float, int32_t *, float *) = collect_portable;
@@ -429,26 +570,48 @@ static void (*take_bits)(const float *, const uint8_t *, int64_t, float *) = tak
 static void (*take_bits_scaled)(const float *, const uint8_t *, const float *, int64_t, int64_t,
                                 float *) = take_bits_scaled_portable;
 
-/* Picks the kernels for this CPU; returns 1 when the AVX2 ones are in use. */
-int ksparse_init(void) {
+/* Picks the kernels for this CPU: the widest it runs, but none wider than most (0: portable, 1: AVX2, 2: AVX-512;
+ * tests compare them).  Returns the width in use. */
+int ksparse_init(int most) {
+    stats = stats_portable;
+    count_at_least = count_portable;
+    collect_at_least = collect_portable;
+    compact_row = compact_row_portable;
+    keys_below = keys_below_portable;
+    row_scores = scores_portable;
+    write_above = write_above_portable;
+    keep_at_least = keep_at_least_portable;
+    take_bits = take_bits_portable;
+    take_bits_scaled = take_bits_scaled_portable;
 #ifdef KSPARSE_X86
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("popcnt")) {
-        stats = stats_avx2;
-        count_at_least = count_avx2;
-        init_compress();
-        collect_at_least = collect_avx2;
-        compact_row = compact_row_avx2;
-        keys_below = keys_below_avx2;
-        row_scores = scores_avx2;
-        write_above = write_above_avx2;
-        keep_at_least = keep_at_least_avx2;
-        take_bits = take_bits_avx2;
-        take_bits_scaled = take_bits_scaled_avx2;
-        return 1;
-    }
-#endif
+    if (most < 1 || !__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma") ||
+        !__builtin_cpu_supports("popcnt"))
+        return 0;
+    stats = stats_avx2;
+    count_at_least = count_avx2;
+    init_compress();
+    collect_at_least = collect_avx2;
+    compact_row = compact_row_avx2;
+    keys_below = keys_below_avx2;
+    row_scores = scores_avx2;
+    write_above = write_above_avx2;
+    keep_at_least = keep_at_least_avx2;
+    take_bits = take_bits_avx2;
+    take_bits_scaled = take_bits_scaled_avx2;
+    /* AVX-512 only where VBMI2 marks a CPU that keeps its clock under 512-bit code (Intel Ice Lake on, AMD Zen 4 on):
+     * Skylake and Cascade Lake servers slow down, and with them the rest of a training step. */
+    if (most < 2 || !__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512vbmi2")) return 1;
+    stats = stats_avx512;
+    row_scores = scores_avx512;
+    write_above = write_above_avx512;
+    keep_at_least = keep_at_least_avx512;
+    take_bits = take_bits_avx512;
+    return 2;
+#else
+    (void)most;
     return 0;
+#endif
 }
 
 /* ---------------------------------------------------------------- generic path: keys and quickselect */
