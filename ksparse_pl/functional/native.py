@@ -128,8 +128,9 @@ def _library() -> ctypes.CDLL | None:
     # (samples, units, previous, pairs, sensitivity, n, decay, batch, s_max, factors)
     factors = lib.ksparse_sensitivity_factors
     factors.argtypes = [pointer, pointer, pointer, i64, pointer, i64, pointer, i64, f32, pointer]
-    # (samples, units, pairs, sensitivity, n, decay, batch, s_max, factors, after)
-    lib.ksparse_sensitivity_step.argtypes = [pointer, pointer, i64, pointer, i64, pointer, i64, f32, pointer, pointer]
+    # (samples, units, pairs, sensitivity, n, decay, batch, s_max, factors, after, threads)
+    step = lib.ksparse_sensitivity_step
+    step.argtypes = [pointer, pointer, i64, pointer, i64, pointer, i64, f32, pointer, pointer, ctypes.c_int]
     # (duty_cycle, selection_count, samples_seen, counts, n, batch, positions, period)
     lib.ksparse_add_wins.argtypes = [pointer, pointer, pointer, pointer, i64, i64, i64, i64]
     lib.ksparse_add_wins.restype = None

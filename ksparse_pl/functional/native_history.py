@@ -101,6 +101,7 @@ def factors_and_state(
         s_max,
         factors.data_ptr(),
         after.data_ptr(),
+        torch.get_num_threads(),
     )
     if status == _OUT_OF_RANGE:
         raise IndexError(

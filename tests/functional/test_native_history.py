@@ -114,3 +114,57 @@ def test_factors_and_state_refuse_bad_pairs() -> None:
         factors_and_state(torch.tensor([0, 1]), torch.tensor([0]), ones, torch.ones(3), 10.0)
     with pytest.raises(ValueError, match="float32 CPU `sensitivity`"):
         factors_and_state(torch.tensor([0, 1]), torch.tensor([0, 1]), ones.double(), torch.ones(3), 10.0)
+
+
+@pytest.fixture
+def restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def batch_of_pairs(batch: int, n: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (sample, unit) pairs of k random units per sample, in sample order, as a top-k layer gives them."""
+    units = torch.rand(batch, n).argsort(dim=1)[:, :k].sort(dim=1).values
+    return torch.arange(batch).repeat_interleave(k), units.reshape(-1)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 8])
+def test_factors_and_state_split_over_threads_equal_torch_arithmetic_bit_for_bit(threads: int, restore_threads) -> None:
+    # 2047 samples of 16 of 64 units: 32752 pairs, enough for 8 chunks (each has at least 4 * n pairs and 4096
+    # pairs of work). A chunk's first selection of a unit takes its factor from the chunks before it.
+    torch.manual_seed(threads)
+    samples, units = batch_of_pairs(2047, 64, 16)
+    sensitivity, s_max, tau = 1 + 9 * torch.rand(64), 10.0, 300.0
+    torch.set_num_threads(threads)
+    factors, after = factors_and_state(samples, units, sensitivity, _decay(torch.arange(2048), tau), s_max)
+    previous = _previous_selection(samples, units, 64, 2047)
+    expected = _since_last(previous, samples, sensitivity[units], s_max, tau)
+    assert torch.equal(factors, expected)
+    assert torch.equal(after, sensitivity_after(last_selected(samples, units, 64), 2047, sensitivity, s_max, tau))
+
+
+def test_bad_pairs_in_any_chunk_give_the_status_of_the_first(restore_threads) -> None:
+    torch.set_num_threads(4)  # four chunks of about 8188 pairs
+    samples, units = batch_of_pairs(2047, 64, 16)
+    split = samples.numel() // 4  # where the second chunk would start but for whole samples: inside sample 511
+    assert samples[split] == samples[split - 1] == 511
+    sensitivity, decay = torch.ones(64), torch.ones(2048)
+
+    def refused(bad_units: torch.Tensor) -> str:
+        with pytest.raises(IndexError) as error:
+            factors_and_state(samples, bad_units, sensitivity, decay, 10.0)
+        return str(error.value)
+
+    across = units.clone()
+    across[split] = across[split - 1]  # the same pair on both sides of the split
+    assert "listed twice" in refused(across)
+    beyond = units.clone()
+    beyond[-1] = 64
+    assert "a unit" in refused(beyond)
+    both = across.clone()
+    both[-1] = 64  # in the last chunk, after the pair listed twice
+    assert "listed twice" in refused(both)
+    back = samples.clone()
+    back[16 * 1800] = 5  # the samples decrease at the start of a sample: torch's sort answers
+    assert factors_and_state(back, units, sensitivity, decay, 10.0) is None
