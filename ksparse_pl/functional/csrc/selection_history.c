@@ -116,8 +116,9 @@ __attribute__((optimize("fp-contract=off"))) int ksparse_sensitivity_step(const 
                                                                          int64_t n, const float *decay, int64_t batch,
                                                                          float s_max, float *factors, float *after,
                                                                          int threads) {
-    /* A chunk fills its own last array, and after the first its first selections (up to n) are finished one
-     * thread: fewer than PAIRS_PER_UNIT * n pairs a chunk took longer than one thread (1.2 times at 64 x 4096). */
+    /* Each chunk fills its own last array, and the first selections of the chunks after the first (up to n each)
+     * are finished on one thread: with fewer than PAIRS_PER_UNIT * n pairs a chunk, two threads took longer than
+     * one (1.2 times at 64 x 4096). */
     int chunks = threads_for(pairs * PAIR_WORK, threads);
     int64_t width = n > 0 ? n : 1, most = pairs / (PAIRS_PER_UNIT * width);
     if (chunks > most) chunks = most > 1 ? (int)most : 1;
