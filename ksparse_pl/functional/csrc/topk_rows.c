@@ -107,11 +107,17 @@ static int64_t keys_below_portable(const float *s, int64_t n, float hi, uint32_t
 }
 
 /* The selection scores of a row: |x| if by_magnitude, times the per-column boost if given. */
-static void scores_portable(const float *x, const float *boost, int by_magnitude, int64_t n, float *out) {
+static void score_values(const float *x, const float *boost, int by_magnitude, int64_t n, float *out) {
     for (int64_t i = 0; i < n; i++) {
         float v = by_magnitude ? fabsf(x[i]) : x[i];
         out[i] = boost ? v * boost[i] : v;
     }
+}
+
+/* The scores of score_values to out, and their statistics (the vector kernels take both in one pass). */
+static row_stats scores_portable(const float *x, const float *boost, int by_magnitude, int64_t n, float *out) {
+    score_values(x, boost, by_magnitude, n, out);
+    return stats_portable(out, n);
 }
 
 /* The sparse output of a row whose winners are exactly the scores s >= t: x there (ReLU'd if relu), 0
@@ -158,7 +164,12 @@ static void take_bits_scaled_portable(const float *src, const uint8_t *bits, con
 
 /* ---------------------------------------------------------------- AVX2 kernels (chosen at run time) */
 #ifdef KSPARSE_X86
-__attribute__((target("avx2"))) static float hmin(__m256 v) {
+/* ksparse_init takes these only where the CPU has all three. */
+#define AVX2 __attribute__((target("avx2,fma,popcnt")))
+/* for the helpers of a pass, so that each caller gets its own loop for its constant arguments */
+#define INLINE __attribute__((always_inline)) static inline
+
+AVX2 static float hmin(__m256 v) {
     float a[8];
     _mm256_storeu_ps(a, v);
     float m = a[0];
@@ -166,7 +177,7 @@ __attribute__((target("avx2"))) static float hmin(__m256 v) {
     return m;
 }
 
-__attribute__((target("avx2"))) static float hmax(__m256 v) {
+AVX2 static float hmax(__m256 v) {
     float a[8];
     _mm256_storeu_ps(a, v);
     float m = a[0];
@@ -174,7 +185,7 @@ __attribute__((target("avx2"))) static float hmax(__m256 v) {
     return m;
 }
 
-__attribute__((target("avx2"))) static double hsum(__m256 v) {
+AVX2 static double hsum(__m256 v) {
     float a[8];
     _mm256_storeu_ps(a, v);
     double m = 0.0;
@@ -182,43 +193,58 @@ __attribute__((target("avx2"))) static double hsum(__m256 v) {
     return m;
 }
 
-/* Four sets of sums and two of extremes, so that the adds do not wait on each other (with two sets of
- * sums, their latency bounded the pass; more sets would not fit in the registers).  A NaN makes the sum NaN
- * and an infinity makes the sum or the extremes infinite, so the row is finite when they are (a sum of
- * squares that overflows only sends a huge but finite row down the generic path, which is exact too). */
-__attribute__((target("avx2,fma"))) static row_stats stats_avx2(const float *s, int64_t n) {
-    int64_t body = n - n % 32;
-    __m256 lo = _mm256_set1_ps(INFINITY), hi = _mm256_set1_ps(-INFINITY), lo2 = lo, hi2 = hi;
-    __m256 sum = _mm256_setzero_ps(), sum2 = sum, sum3 = sum, sum4 = sum;
-    __m256 sumsq = sum, sumsq2 = sum, sumsq3 = sum, sumsq4 = sum;
-    for (int64_t i = 0; i < body; i += 32) {
-        __m256 v = _mm256_loadu_ps(s + i), w = _mm256_loadu_ps(s + i + 8);
-        __m256 v2 = _mm256_loadu_ps(s + i + 16), w2 = _mm256_loadu_ps(s + i + 24);
-        lo = _mm256_min_ps(lo, _mm256_min_ps(v, w));
-        hi = _mm256_max_ps(hi, _mm256_max_ps(v, w));
-        lo2 = _mm256_min_ps(lo2, _mm256_min_ps(v2, w2));
-        hi2 = _mm256_max_ps(hi2, _mm256_max_ps(v2, w2));
-        sum = _mm256_add_ps(sum, v);
-        sum2 = _mm256_add_ps(sum2, w);
-        sum3 = _mm256_add_ps(sum3, v2);
-        sum4 = _mm256_add_ps(sum4, w2);
-        sumsq = _mm256_fmadd_ps(v, v, sumsq);
-        sumsq2 = _mm256_fmadd_ps(w, w, sumsq2);
-        sumsq3 = _mm256_fmadd_ps(v2, v2, sumsq3);
-        sumsq4 = _mm256_fmadd_ps(w2, w2, sumsq4);
-    }
-    lo = _mm256_min_ps(lo, lo2);
-    hi = _mm256_max_ps(hi, hi2);
-    sum = _mm256_add_ps(_mm256_add_ps(sum, sum2), _mm256_add_ps(sum3, sum4));
-    sumsq = _mm256_add_ps(_mm256_add_ps(sumsq, sumsq2), _mm256_add_ps(sumsq3, sumsq4));
-    double total = hsum(sum), squares = hsum(sumsq);
-    stats_sums a = {hmin(lo), hmax(hi), total, squares, isfinite(total) && isfinite(squares)};
-    a.finite = a.finite && isfinite(a.min) && isfinite(a.max);
-    add_to_sums(&a, s + body, n - body);
-    return stats_of_sums(&a, n);
+/* The statistics' running sums, 32 scores a step: four sets of sums and two of extremes, so that the adds do not
+ * wait on each other (with two sets of sums, their latency bounded the pass; more sets would not fit in the
+ * registers).  A NaN makes the sum NaN and an infinity makes the sum or the extremes infinite, so the row is
+ * finite when they are (a sum of squares that overflows only sends a huge but finite row down the generic path,
+ * which is exact too). */
+typedef struct {
+    __m256 lo, hi, lo2, hi2, sum, sum2, sum3, sum4, sumsq, sumsq2, sumsq3, sumsq4;
+} sums8;
+
+AVX2 INLINE sums8 sums8_start(void) {
+    __m256 lo = _mm256_set1_ps(INFINITY), hi = _mm256_set1_ps(-INFINITY), zero = _mm256_setzero_ps();
+    sums8 a = {lo, hi, lo, hi, zero, zero, zero, zero, zero, zero, zero, zero};
+    return a;
 }
 
-__attribute__((target("avx2"))) static int64_t count_avx2(const float *s, int64_t n, float t) {
+AVX2 INLINE void sums8_add(sums8 *a, __m256 v, __m256 w, __m256 v2, __m256 w2) {
+    a->lo = _mm256_min_ps(a->lo, _mm256_min_ps(v, w));
+    a->hi = _mm256_max_ps(a->hi, _mm256_max_ps(v, w));
+    a->lo2 = _mm256_min_ps(a->lo2, _mm256_min_ps(v2, w2));
+    a->hi2 = _mm256_max_ps(a->hi2, _mm256_max_ps(v2, w2));
+    a->sum = _mm256_add_ps(a->sum, v);
+    a->sum2 = _mm256_add_ps(a->sum2, w);
+    a->sum3 = _mm256_add_ps(a->sum3, v2);
+    a->sum4 = _mm256_add_ps(a->sum4, w2);
+    a->sumsq = _mm256_fmadd_ps(v, v, a->sumsq);
+    a->sumsq2 = _mm256_fmadd_ps(w, w, a->sumsq2);
+    a->sumsq3 = _mm256_fmadd_ps(v2, v2, a->sumsq3);
+    a->sumsq4 = _mm256_fmadd_ps(w2, w2, a->sumsq4);
+}
+
+/* The statistics of n scores: those in the sums, then the tail (the last tail_n scores) one by one. */
+AVX2 INLINE row_stats sums8_finish(const sums8 *a, const float *tail, int64_t tail_n, int64_t n) {
+    __m256 sum = _mm256_add_ps(_mm256_add_ps(a->sum, a->sum2), _mm256_add_ps(a->sum3, a->sum4));
+    __m256 sumsq = _mm256_add_ps(_mm256_add_ps(a->sumsq, a->sumsq2), _mm256_add_ps(a->sumsq3, a->sumsq4));
+    double total = hsum(sum), squares = hsum(sumsq);
+    stats_sums s = {hmin(_mm256_min_ps(a->lo, a->lo2)), hmax(_mm256_max_ps(a->hi, a->hi2)), total, squares,
+                    isfinite(total) && isfinite(squares)};
+    s.finite = s.finite && isfinite(s.min) && isfinite(s.max);
+    add_to_sums(&s, tail, tail_n);
+    return stats_of_sums(&s, n);
+}
+
+AVX2 static row_stats stats_avx2(const float *s, int64_t n) {
+    int64_t body = n - n % 32;
+    sums8 a = sums8_start();
+    for (int64_t i = 0; i < body; i += 32)
+        sums8_add(&a, _mm256_loadu_ps(s + i), _mm256_loadu_ps(s + i + 8), _mm256_loadu_ps(s + i + 16),
+                  _mm256_loadu_ps(s + i + 24));
+    return sums8_finish(&a, s + body, n - body, n);
+}
+
+AVX2 static int64_t count_avx2(const float *s, int64_t n, float t) {
     int64_t body = n - n % 16;
     __m256 tv = _mm256_set1_ps(t);
     __m256i acc = _mm256_setzero_si256(), acc2 = acc;
@@ -250,9 +276,8 @@ static void init_compress(void) {
  * one cache line per 16 scores of next and of dst (each NULL or n floats) is prefetched.  ahead is a constant in
  * each caller rather than derived from next and dst: testing them in the loop took 2-6% longer on boosted and
  * absolute scores at 256 x 1024 and 1024 x 512. */
-__attribute__((target("avx2,popcnt"), always_inline)) static inline int64_t
-collect_body(const float *s, const int32_t *ids, int64_t n, float t, int32_t *out, float *values, int ahead,
-             const float *next, const float *dst) {
+AVX2 INLINE int64_t collect_body(const float *s, const int32_t *ids, int64_t n, float t, int32_t *out, float *values,
+                                 int ahead, const float *next, const float *dst) {
     int64_t body = n - n % 8, o = 0;
     __m256 tv = _mm256_set1_ps(t);
     __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), eight = _mm256_set1_epi32(8);
@@ -276,19 +301,16 @@ collect_body(const float *s, const int32_t *ids, int64_t n, float t, int32_t *ou
     return o + tail;
 }
 
-__attribute__((target("avx2,popcnt"))) static int64_t collect_avx2(const float *s, const int32_t *ids, int64_t n,
-                                                                   float t, int32_t *out, float *values) {
+AVX2 static int64_t collect_avx2(const float *s, const int32_t *ids, int64_t n, float t, int32_t *out, float *values) {
     return collect_body(s, ids, n, t, out, values, 0, NULL, NULL);
 }
 
-__attribute__((target("avx2,popcnt"))) static int64_t compact_row_avx2(const float *s, int64_t n, float t,
-                                                                       int32_t *out, float *values,
-                                                                       const float *next, const float *dst) {
+AVX2 static int64_t compact_row_avx2(const float *s, int64_t n, float t, int32_t *out, float *values, const float *next,
+                                     const float *dst) {
     return collect_body(s, NULL, n, t, out, values, 1, next, dst);
 }
 
-__attribute__((target("avx2,popcnt"))) static int64_t keys_below_avx2(const float *s, int64_t n, float hi,
-                                                                      uint32_t *keys) {
+AVX2 static int64_t keys_below_avx2(const float *s, int64_t n, float hi, uint32_t *keys) {
     int64_t body = n - n % 8, b = 0;
     __m256 hv = _mm256_set1_ps(hi), zero = _mm256_setzero_ps();
     __m256i top = _mm256_set1_epi32((int)0x80000000u);
@@ -304,24 +326,35 @@ __attribute__((target("avx2,popcnt"))) static int64_t keys_below_avx2(const floa
     return b + keys_below_portable(s + body, n - body, hi, keys + b);
 }
 
-__attribute__((target("avx2"))) static void scores_avx2(const float *x, const float *boost, int by_magnitude,
-                                                        int64_t n, float *out) {
-    int64_t body = n - n % 8;
+/* 8 scores of score_values to out; returns them. */
+AVX2 INLINE __m256 scores8(const float *x, const float *boost, __m256 keep, float *out) {
+    __m256 v = _mm256_and_ps(_mm256_loadu_ps(x), keep);
+    if (boost) v = _mm256_mul_ps(v, _mm256_loadu_ps(boost));
+    _mm256_storeu_ps(out, v);
+    return v;
+}
+
+/* scores_portable in one pass: the statistics are taken as the scores are stored, instead of reading them again. */
+AVX2 static row_stats scores_avx2(const float *x, const float *boost, int by_magnitude, int64_t n, float *out) {
+    int64_t body = n - n % 32;
     __m256 keep = _mm256_castsi256_ps(_mm256_set1_epi32(by_magnitude ? 0x7FFFFFFF : -1)); /* |v|: no sign bit */
-    for (int64_t i = 0; i < body; i += 8) {
-        __m256 v = _mm256_and_ps(_mm256_loadu_ps(x + i), keep);
-        _mm256_storeu_ps(out + i, boost ? _mm256_mul_ps(v, _mm256_loadu_ps(boost + i)) : v);
+    sums8 a = sums8_start();
+    for (int64_t i = 0; i < body; i += 32) {
+        const float *b = boost ? boost + i : NULL;
+        sums8_add(&a, scores8(x + i, b, keep, out + i), scores8(x + i + 8, b ? b + 8 : NULL, keep, out + i + 8),
+                  scores8(x + i + 16, b ? b + 16 : NULL, keep, out + i + 16),
+                  scores8(x + i + 24, b ? b + 24 : NULL, keep, out + i + 24));
     }
-    scores_portable(x + body, boost ? boost + body : NULL, by_magnitude, n - body, out + body);
+    score_values(x + body, boost ? boost + body : NULL, by_magnitude, n - body, out + body);
+    return sums8_finish(&a, out + body, n - body, n);
 }
 
 /* One vector of the output passes: x (ReLU'd if relu) where the score wins, 0 elsewhere, to dst; returns the bits
  * of where the gradient passes.  A score wins at s >= t (write_above_portable), or with keep_ties where not
  * s < t, and then also counts in hits (keep_at_least_portable).  _mm256_max_ps(0, v) is v for a NaN v, as v < 0
  * is false there. */
-__attribute__((target("avx2"), always_inline)) static inline unsigned output8(const float *s, const float *x,
-                                                                              __m256 tv, int relu, int keep_ties,
-                                                                              float *dst, int32_t *hits) {
+AVX2 INLINE unsigned output8(const float *s, const float *x, __m256 tv, int relu, int keep_ties, float *dst,
+                             int32_t *hits) {
     __m256 v = _mm256_loadu_ps(x), score = _mm256_loadu_ps(s), zero = _mm256_setzero_ps();
     __m256 won = keep_ties ? _mm256_cmp_ps(score, tv, _CMP_NLT_UQ) : _mm256_cmp_ps(score, tv, _CMP_GE_OQ);
     __m256 passes = relu ? _mm256_and_ps(won, _mm256_cmp_ps(v, zero, _CMP_NLE_UQ)) : won;
@@ -337,10 +370,8 @@ __attribute__((target("avx2"), always_inline)) static inline unsigned output8(co
 /* output8 over the first n - n % 8 scores.  The bits are stored 32 at a time (x86 is little-endian: the first 8
  * go to the first byte): with a byte store after every vector store the pass took twice as long on Zen 3.
  * Always inlined, so that each call below gets its own loop for its constant relu and keep_ties. */
-__attribute__((target("avx2"), always_inline)) static inline void output_body(const float *s, const float *x, float t,
-                                                                              int relu, int keep_ties, int64_t n,
-                                                                              float *dst, uint8_t *bits,
-                                                                              int32_t *hits) {
+AVX2 INLINE void output_body(const float *s, const float *x, float t, int relu, int keep_ties, int64_t n, float *dst,
+                             uint8_t *bits, int32_t *hits) {
     int64_t words = n - n % 32;
     __m256 tv = _mm256_set1_ps(t);
     for (int64_t i = 0; i < words; i += 32) {
@@ -355,8 +386,8 @@ __attribute__((target("avx2"), always_inline)) static inline void output_body(co
 }
 
 /* write_above_portable (the tail starts at a multiple of 8, so at a whole byte). */
-__attribute__((target("avx2"))) static void write_above_avx2(const float *s, const float *x, float t, int relu,
-                                                             int64_t n, float *dst, uint8_t *bits) {
+AVX2 static void write_above_avx2(const float *s, const float *x, float t, int relu, int64_t n, float *dst,
+                                  uint8_t *bits) {
     if (relu) output_body(s, x, t, 1, 0, n, dst, bits, NULL);
     else output_body(s, x, t, 0, 0, n, dst, bits, NULL);
     /* GCC makes the call below a jump, and leaves out the vzeroupper it puts before a return: the vector
@@ -368,8 +399,8 @@ __attribute__((target("avx2"))) static void write_above_avx2(const float *s, con
 }
 
 /* keep_at_least_portable (the tail starts at a multiple of 8, so at a whole byte). */
-__attribute__((target("avx2"))) static void keep_at_least_avx2(const float *s, const float *x, float kth, int relu,
-                                                               int64_t n, float *dst, uint8_t *bits, int32_t *hits) {
+AVX2 static void keep_at_least_avx2(const float *s, const float *x, float kth, int relu, int64_t n, float *dst,
+                                    uint8_t *bits, int32_t *hits) {
     if (relu) output_body(s, x, kth, 1, 1, n, dst, bits, hits);
     else output_body(s, x, kth, 0, 1, n, dst, bits, hits);
     _mm256_zeroupper(); /* as in write_above_avx2 */
@@ -377,8 +408,7 @@ __attribute__((target("avx2"))) static void keep_at_least_avx2(const float *s, c
     keep_at_least_portable(s + body, x + body, kth, relu, n - body, dst + body, bits + body / 8, hits + body);
 }
 
-__attribute__((target("avx2"))) static void take_bits_avx2(const float *src, const uint8_t *bits, int64_t n,
-                                                           float *dst) {
+AVX2 static void take_bits_avx2(const float *src, const uint8_t *bits, int64_t n, float *dst) {
     int64_t body = n - n % 8;
     __m256i lane_bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
     for (int64_t i = 0; i < body; i += 8) {
@@ -397,9 +427,8 @@ static inline unsigned eight_bits_at(const uint8_t *bits, int64_t i) {
 }
 
 /* take_bits_scaled_portable, 8 entries of a group at a time: a group need not start at a whole byte. */
-__attribute__((target("avx2"))) static void take_bits_scaled_avx2(const float *src, const uint8_t *bits,
-                                                                  const float *factors, int64_t group, int64_t n,
-                                                                  float *dst) {
+AVX2 static void take_bits_scaled_avx2(const float *src, const uint8_t *bits, const float *factors, int64_t group,
+                                       int64_t n, float *dst) {
     __m256i lane_bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
     for (int64_t start = 0; start < n; start += group) {
         int64_t end = start + group, i = start;
@@ -434,65 +463,94 @@ AVX512 static double hsum16(__m512 v) {
     return m;
 }
 
-/* stats_avx2's four chains of sums, 64 scores a step (each chain waits on its own adds only). */
+/* sums8 at 16 lanes, 64 scores a step. */
+typedef struct {
+    __m512 lo, hi, lo2, hi2, sum, sum2, sum3, sum4, sumsq, sumsq2, sumsq3, sumsq4;
+} sums16;
+
+AVX512 INLINE sums16 sums16_start(void) {
+    __m512 lo = _mm512_set1_ps(INFINITY), hi = _mm512_set1_ps(-INFINITY), zero = _mm512_setzero_ps();
+    sums16 a = {lo, hi, lo, hi, zero, zero, zero, zero, zero, zero, zero, zero};
+    return a;
+}
+
+AVX512 INLINE void sums16_add(sums16 *a, __m512 v, __m512 w, __m512 v2, __m512 w2) {
+    a->lo = _mm512_min_ps(a->lo, _mm512_min_ps(v, w));
+    a->hi = _mm512_max_ps(a->hi, _mm512_max_ps(v, w));
+    a->lo2 = _mm512_min_ps(a->lo2, _mm512_min_ps(v2, w2));
+    a->hi2 = _mm512_max_ps(a->hi2, _mm512_max_ps(v2, w2));
+    a->sum = _mm512_add_ps(a->sum, v);
+    a->sum2 = _mm512_add_ps(a->sum2, w);
+    a->sum3 = _mm512_add_ps(a->sum3, v2);
+    a->sum4 = _mm512_add_ps(a->sum4, w2);
+    a->sumsq = _mm512_fmadd_ps(v, v, a->sumsq);
+    a->sumsq2 = _mm512_fmadd_ps(w, w, a->sumsq2);
+    a->sumsq3 = _mm512_fmadd_ps(v2, v2, a->sumsq3);
+    a->sumsq4 = _mm512_fmadd_ps(w2, w2, a->sumsq4);
+}
+
+/* The lanes m of v (0 in the others, which then add nothing) into the sums, keeping the extremes of those lanes. */
+AVX512 INLINE void sums16_add_lanes(sums16 *a, __mmask16 m, __m512 v) {
+    a->lo = _mm512_mask_min_ps(a->lo, m, a->lo, v);
+    a->hi = _mm512_mask_max_ps(a->hi, m, a->hi, v);
+    a->sum = _mm512_add_ps(a->sum, v);
+    a->sumsq = _mm512_fmadd_ps(v, v, a->sumsq);
+}
+
+AVX512 INLINE row_stats sums16_finish(const sums16 *a, int64_t n) {
+    __m512 sum = _mm512_add_ps(_mm512_add_ps(a->sum, a->sum2), _mm512_add_ps(a->sum3, a->sum4));
+    __m512 sumsq = _mm512_add_ps(_mm512_add_ps(a->sumsq, a->sumsq2), _mm512_add_ps(a->sumsq3, a->sumsq4));
+    double total = hsum16(sum), squares = hsum16(sumsq);
+    float lo = _mm512_reduce_min_ps(_mm512_min_ps(a->lo, a->lo2));
+    float hi = _mm512_reduce_max_ps(_mm512_max_ps(a->hi, a->hi2));
+    stats_sums s = {lo, hi, total, squares, isfinite(total) && isfinite(squares)};
+    s.finite = s.finite && isfinite(s.min) && isfinite(s.max);
+    return stats_of_sums(&s, n);
+}
+
 AVX512 static row_stats stats_avx512(const float *s, int64_t n) {
     int64_t body = n - n % 64, i = 0;
-    __m512 lo = _mm512_set1_ps(INFINITY), hi = _mm512_set1_ps(-INFINITY), lo2 = lo, hi2 = hi;
-    __m512 sum = _mm512_setzero_ps(), sum2 = sum, sum3 = sum, sum4 = sum;
-    __m512 sumsq = sum, sumsq2 = sum, sumsq3 = sum, sumsq4 = sum;
-    for (; i < body; i += 64) {
-        __m512 v = _mm512_loadu_ps(s + i), w = _mm512_loadu_ps(s + i + 16);
-        __m512 v2 = _mm512_loadu_ps(s + i + 32), w2 = _mm512_loadu_ps(s + i + 48);
-        lo = _mm512_min_ps(lo, _mm512_min_ps(v, w));
-        hi = _mm512_max_ps(hi, _mm512_max_ps(v, w));
-        lo2 = _mm512_min_ps(lo2, _mm512_min_ps(v2, w2));
-        hi2 = _mm512_max_ps(hi2, _mm512_max_ps(v2, w2));
-        sum = _mm512_add_ps(sum, v);
-        sum2 = _mm512_add_ps(sum2, w);
-        sum3 = _mm512_add_ps(sum3, v2);
-        sum4 = _mm512_add_ps(sum4, w2);
-        sumsq = _mm512_fmadd_ps(v, v, sumsq);
-        sumsq2 = _mm512_fmadd_ps(w, w, sumsq2);
-        sumsq3 = _mm512_fmadd_ps(v2, v2, sumsq3);
-        sumsq4 = _mm512_fmadd_ps(w2, w2, sumsq4);
-    }
-    for (; i < n; i += 16) { /* masked-off lanes load as 0: they add nothing and keep the extremes */
+    sums16 a = sums16_start();
+    for (; i < body; i += 64)
+        sums16_add(&a, _mm512_loadu_ps(s + i), _mm512_loadu_ps(s + i + 16), _mm512_loadu_ps(s + i + 32),
+                   _mm512_loadu_ps(s + i + 48));
+    for (; i < n; i += 16) {
         __mmask16 m = lanes_before(i, n);
-        __m512 v = _mm512_maskz_loadu_ps(m, s + i);
-        lo = _mm512_mask_min_ps(lo, m, lo, v);
-        hi = _mm512_mask_max_ps(hi, m, hi, v);
-        sum = _mm512_add_ps(sum, v);
-        sumsq = _mm512_fmadd_ps(v, v, sumsq);
+        sums16_add_lanes(&a, m, _mm512_maskz_loadu_ps(m, s + i));
     }
-    lo = _mm512_min_ps(lo, lo2);
-    hi = _mm512_max_ps(hi, hi2);
-    sum = _mm512_add_ps(_mm512_add_ps(sum, sum2), _mm512_add_ps(sum3, sum4));
-    sumsq = _mm512_add_ps(_mm512_add_ps(sumsq, sumsq2), _mm512_add_ps(sumsq3, sumsq4));
-    double total = hsum16(sum), squares = hsum16(sumsq);
-    stats_sums a = {_mm512_reduce_min_ps(lo), _mm512_reduce_max_ps(hi), total, squares,
-                    isfinite(total) && isfinite(squares)};
-    a.finite = a.finite && isfinite(a.min) && isfinite(a.max);
-    return stats_of_sums(&a, n);
+    return sums16_finish(&a, n);
 }
 
-/* scores_portable for the lanes m of 16 scores. */
-AVX512 __attribute__((always_inline)) static inline void scores16(const float *x, const float *boost, __m512i keep,
-                                                                  __mmask16 m, float *out) {
+/* The lanes m of 16 scores of score_values to out; returns them (0 in the other lanes). */
+AVX512 INLINE __m512 scores16(const float *x, const float *boost, __m512i keep, __mmask16 m, float *out) {
     __m512 v = _mm512_castsi512_ps(_mm512_and_si512(_mm512_maskz_loadu_epi32(m, x), keep));
-    _mm512_mask_storeu_ps(out, m, boost ? _mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, boost)) : v);
+    if (boost) v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, boost));
+    _mm512_mask_storeu_ps(out, m, v);
+    return v;
 }
 
-AVX512 static void scores_avx512(const float *x, const float *boost, int by_magnitude, int64_t n, float *out) {
+/* scores_avx2 at 16 lanes. */
+AVX512 static row_stats scores_avx512(const float *x, const float *boost, int by_magnitude, int64_t n, float *out) {
     __m512i keep = _mm512_set1_epi32(by_magnitude ? 0x7FFFFFFF : -1); /* |v|: no sign bit */
-    int64_t i = 0;
-    for (; i + 16 <= n; i += 16) scores16(x + i, boost ? boost + i : NULL, keep, 0xFFFF, out + i);
-    if (i < n) scores16(x + i, boost ? boost + i : NULL, keep, lanes_before(i, n), out + i);
+    int64_t body = n - n % 64, i = 0;
+    sums16 a = sums16_start();
+    for (; i < body; i += 64) {
+        const float *b = boost ? boost + i : NULL;
+        sums16_add(&a, scores16(x + i, b, keep, 0xFFFF, out + i),
+                   scores16(x + i + 16, b ? b + 16 : NULL, keep, 0xFFFF, out + i + 16),
+                   scores16(x + i + 32, b ? b + 32 : NULL, keep, 0xFFFF, out + i + 32),
+                   scores16(x + i + 48, b ? b + 48 : NULL, keep, 0xFFFF, out + i + 48));
+    }
+    for (; i < n; i += 16) {
+        __mmask16 m = lanes_before(i, n);
+        sums16_add_lanes(&a, m, scores16(x + i, boost ? boost + i : NULL, keep, m, out + i));
+    }
+    return sums16_finish(&a, n);
 }
 
 /* output8 over the lanes m of 16 scores. */
-AVX512 __attribute__((always_inline)) static inline __mmask16 output16(const float *s, const float *x, __m512 tv,
-                                                                       int relu, int keep_ties, __mmask16 m,
-                                                                       float *dst, int32_t *hits) {
+AVX512 INLINE __mmask16 output16(const float *s, const float *x, __m512 tv, int relu, int keep_ties, __mmask16 m,
+                                 float *dst, int32_t *hits) {
     __m512 v = _mm512_maskz_loadu_ps(m, x), score = _mm512_maskz_loadu_ps(m, s), zero = _mm512_setzero_ps();
     __mmask16 won = keep_ties ? _mm512_mask_cmp_ps_mask(m, score, tv, _CMP_NLT_UQ)
                               : _mm512_mask_cmp_ps_mask(m, score, tv, _CMP_GE_OQ);
@@ -507,9 +565,8 @@ AVX512 __attribute__((always_inline)) static inline __mmask16 output16(const flo
 }
 
 /* output_body and its tail: the bits go out 64 at a time, then 16, then the last byte or two. */
-AVX512 __attribute__((always_inline)) static inline void output_row512(const float *s, const float *x, float t,
-                                                                       int relu, int keep_ties, int64_t n,
-                                                                       float *dst, uint8_t *bits, int32_t *hits) {
+AVX512 INLINE void output_row512(const float *s, const float *x, float t, int relu, int keep_ties, int64_t n,
+                                 float *dst, uint8_t *bits, int32_t *hits) {
     int64_t words = n - n % 64, i = 0;
     __m512 tv = _mm512_set1_ps(t);
     for (; i < words; i += 64) {
@@ -561,7 +618,7 @@ static int64_t (*collect_at_least)(const float *, const int32_t *, int64_t, floa
 static int64_t (*compact_row)(const float *, int64_t, float, int32_t *, float *, const float *,
                               const float *) = compact_row_portable;
 static int64_t (*keys_below)(const float *, int64_t, float, uint32_t *) = keys_below_portable;
-static void (*row_scores)(const float *, const float *, int, int64_t, float *) = scores_portable;
+static row_stats (*row_scores)(const float *, const float *, int, int64_t, float *) = scores_portable;
 static void (*write_above)(const float *, const float *, float, int, int64_t, float *,
                            uint8_t *) = write_above_portable;
 static void (*keep_at_least)(const float *, const float *, float, int, int64_t, float *, uint8_t *,
@@ -783,9 +840,8 @@ static float search_threshold(const float *s, const int32_t *ids, int64_t n, int
  * normal row pass (the candidates, in order): every winner is among them when they are at least k, and the
  * search's counting passes then run over a few hundred scores instead of the row.  Fewer than k (a row far
  * from normal) only narrows the search's brackets. */
-static int select_by_threshold(const float *s, int64_t n, int64_t k, const normal_guess *g, int64_t *idx,
-                               float *threshold, work_space *w) {
-    row_stats r = stats(s, n);
+static int select_by_threshold(const float *s, row_stats r, int64_t n, int64_t k, const normal_guess *g,
+                               int64_t *idx, float *threshold, work_space *w) {
     if (!r.finite) return 0;
     float lo = r.min, hi = nextafterf(r.max, INFINITY);
     int64_t c_lo = n, c_hi = 0;
@@ -812,12 +868,13 @@ static int select_by_threshold(const float *s, int64_t n, int64_t k, const norma
 }
 
 /* The winners of a row to idx; returns their threshold as search_threshold does (NaN also for rows with a
- * NaN or an infinite score, and for k = n). */
-static float select_row(const float *s, int64_t n, int64_t k, const normal_guess *g, int64_t *idx, work_space *w) {
+ * NaN or an infinite score, and for k = n).  known: the statistics of s, or NULL to take them here. */
+static float select_row(const float *s, const row_stats *known, int64_t n, int64_t k, const normal_guess *g,
+                        int64_t *idx, work_space *w) {
     float threshold = NAN;
     if (k == n) {
         for (int64_t i = 0; i < n; i++) idx[i] = i;
-    } else if (!select_by_threshold(s, n, k, g, idx, &threshold, w)) {
+    } else if (!select_by_threshold(s, known ? *known : stats(s, n), n, k, g, idx, &threshold, w)) {
         select_by_keys(s, n, k, idx, w->keys);
     }
     return threshold;
@@ -914,11 +971,12 @@ static void *select_slice(void *arg) {
          * caches, the kernel took 1.2-1.5 times as long without at the benchmark shapes). */
         w.next = row + 1 < sl->end ? x + n : NULL;
         w.dst = job->dst ? job->dst + row * n : NULL;
+        row_stats scored_stats;
         if (scored) {
-            row_scores(x, job->boost, job->by_magnitude, n, scores);
+            scored_stats = row_scores(x, job->boost, job->by_magnitude, n, scores);
             s = scores;
         }
-        float threshold = select_row(s, n, k, &job->guess, idx, &w);
+        float threshold = select_row(s, scored ? &scored_stats : NULL, n, k, &job->guess, idx, &w);
         uint8_t *bits = job->bits ? job->bits + row * bytes : NULL; /* not NULL with dst */
         if (job->keep_ties) {
             keep_at_least(s, x, kth_score(s, idx, k), job->relu, n, job->dst + row * n, bits, hits);
