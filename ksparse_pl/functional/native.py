@@ -34,7 +34,10 @@ _SOURCES = [
     _CSRC / name for name in ("topk_rows.c", "topk_channels.c", "sparse_rows.c", "selection_history.c", "duty_cycle.c")
 ]
 _HEADERS = [_CSRC / "threads.h"]
-_FLAGS = ["-O3", "-shared", "-fPIC"]
+# No fused multiply-adds where the C says a * b + c: the duty cycles and sensitivity factors repeat torch's float32
+# operations one by one, to the bit. GCC fuses by default and clang does within an expression (on ARM, where every
+# CPU has FMA), and clang ignores the per-function optimize attribute that used to say this.
+_FLAGS = ["-O3", "-shared", "-fPIC", "-ffp-contract=off"]
 # OpenMP, when the compiler has it: the library then shares torch's OpenMP runtime and thread pool.
 _PARALLEL_FLAGS = ["-fopenmp"]
 #: The instruction sets of the row kernels, narrowest first: ``$KSPARSE_PL_CPU_KERNELS`` (default the last) and

@@ -17,6 +17,8 @@ import torch
 
 from ksparse_pl.functional import k_sparse, keep_masked, keep_winners, threshold_keep, threshold_mask, topk_indices
 from ksparse_pl.functional.native import (
+    _CSRC,
+    _FLAGS,
     KERNEL_WIDTHS,
     UNUSED_BUILD_DAYS,
     _build,
@@ -419,6 +421,19 @@ def test_no_kernel_returns_with_the_vector_registers_dirty() -> None:
     ).stdout
     assert "vzeroupper" in disassembly  # the AVX2 kernels are there to check
     assert functions_leaving_vector_registers_dirty(disassembly) == []
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="reads x86-64 assembly")
+@pytest.mark.parametrize("source", ["duty_cycle.c", "selection_history.c"])
+def test_the_kernels_that_repeat_torchs_arithmetic_have_no_fused_multiply_adds(source: str, tmp_path) -> None:
+    # Compiled for CPUs that all have FMA (as every ARM CPU does), a compiler may fuse a * b + c, and the duty cycles
+    # and sensitivity factors would no longer equal torch's to the bit; the build's flags must forbid it.
+    assembly = tmp_path / "kernel.s"
+    compiler = os.environ.get("CC", "cc")
+    subprocess.run(
+        [compiler, *_FLAGS, "-mfma", "-S", "-o", str(assembly), str(_CSRC / source)], check=True, capture_output=True
+    )
+    assert re.findall(r"\bv?fn?m(?:add|sub)\w*", assembly.read_text()) == []
 
 
 def test_bad_indices_raise_instead_of_writing_out_of_bounds() -> None:

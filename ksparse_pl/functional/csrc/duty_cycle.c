@@ -2,17 +2,15 @@
  * topk_rows.c by ksparse_pl/functional/native.py; wrapped by ksparse_pl/functional/native_duty_cycle.py.
  *
  * The same float32 arithmetic as ksparse_pl.functional.update_duty_cycle, operation for operation (no fused
- * multiply-add), so both give identical duty cycles; one call replaces about ten small torch operations,
- * whose dispatch dominates at a layer's few thousand units.
+ * multiply-add: native.py compiles with -ffp-contract=off), so both give identical duty cycles; one call replaces
+ * about ten small torch operations, whose dispatch dominates at a layer's few thousand units.
  */
 #include <stdint.h>
 
 /* selection_count += counts; samples_seen += batch; then with p = max(batch, min(period, samples_seen)):
  * duty = (duty * (p - batch) + counts / positions) / p. */
-__attribute__((optimize("fp-contract=off"))) void ksparse_add_wins(float *duty, int64_t *selection_count,
-                                                                   int64_t *samples_seen, const int64_t *counts,
-                                                                   int64_t n, int64_t batch, int64_t positions,
-                                                                   int64_t period) {
+void ksparse_add_wins(float *duty, int64_t *selection_count, int64_t *samples_seen, const int64_t *counts, int64_t n,
+                      int64_t batch, int64_t positions, int64_t period) {
     int64_t seen = *samples_seen + batch;
     *samples_seen = seen;
     int64_t p = seen < period ? seen : period;

@@ -45,9 +45,8 @@ int ksparse_previous_selection(const int64_t *samples, const int64_t *units, int
 
 /* Cottonwood's sensitivity after `idle` unselected samples from s0: s_max - (s_max - s0) * decay[idle],
  * decay[i] being (1 - 1/tau)^i.  The float32 operations of ksparse_pl.functional.idle_sensitivity one by one,
- * with no fused multiply-add. */
-__attribute__((optimize("fp-contract=off"))) static inline float idle_sensitivity(float s0, int64_t idle,
-                                                                                 const float *decay, float s_max) {
+ * with no fused multiply-add (native.py compiles with -ffp-contract=off). */
+static inline float idle_sensitivity(float s0, int64_t idle, const float *decay, float s_max) {
     return s_max - (s_max - s0) * decay[idle];
 }
 
@@ -57,9 +56,9 @@ __attribute__((optimize("fp-contract=off"))) static inline float idle_sensitivit
  * samples[p] samples; decay has an entry for every i in [0, batch).  One pass instead of about a dozen torch
  * operations over the pairs.  Returns 0 on success, 1 if a sample lies outside [0, batch) or a unit outside
  * [0, n). */
-__attribute__((optimize("fp-contract=off"))) int ksparse_sensitivity_factors(
-    const int64_t *samples, const int64_t *units, const int64_t *previous, int64_t pairs, const float *sensitivity,
-    int64_t n, const float *decay, int64_t batch, float s_max, float *factors) {
+int ksparse_sensitivity_factors(const int64_t *samples, const int64_t *units, const int64_t *previous, int64_t pairs,
+                                const float *sensitivity, int64_t n, const float *decay, int64_t batch, float s_max,
+                                float *factors) {
     for (int64_t p = 0; p < pairs; p++) {
         int64_t s = samples[p], u = units[p], before = previous[p];
         if ((uint64_t)s >= (uint64_t)batch || (uint64_t)u >= (uint64_t)n || before >= s) return 1;
@@ -74,11 +73,9 @@ __attribute__((optimize("fp-contract=off"))) int ksparse_sensitivity_factors(
  * Without it, the pairs that select their unit for the first time in the chunk go to first, for the caller (who
  * knows the selections before the chunk).  last[u] ends as the chunk's latest sample of unit u (-1: none).
  * Returns the status of the chunk's first bad pair (as ksparse_sensitivity_step), else 0. */
-__attribute__((optimize("fp-contract=off"))) static int step_chunk(const int64_t *samples, const int64_t *units,
-                                                                  int64_t begin, int64_t end, const float *initial,
-                                                                  int64_t n, const float *decay, int64_t batch,
-                                                                  float s_max, float *factors, int64_t *last,
-                                                                  int64_t *first, int64_t *firsts) {
+static int step_chunk(const int64_t *samples, const int64_t *units, int64_t begin, int64_t end, const float *initial,
+                      int64_t n, const float *decay, int64_t batch, float s_max, float *factors, int64_t *last,
+                      int64_t *first, int64_t *firsts) {
     for (int64_t u = 0; u < n; u++) last[u] = -1;
     int64_t f = 0;
     for (int64_t p = begin; p < end; p++) {
@@ -111,11 +108,9 @@ static int64_t sample_start(const int64_t *samples, int64_t pairs, int64_t p) {
  * Returns 0 on success, 1 if a sample lies outside [0, batch) or a unit outside [0, n), 2 if the samples decrease
  * somewhere (the caller then sorts), 3 if the work arrays could not be allocated, 4 if a pair is listed twice;
  * the status of the first bad pair. */
-__attribute__((optimize("fp-contract=off"))) int ksparse_sensitivity_step(const int64_t *samples, const int64_t *units,
-                                                                         int64_t pairs, const float *sensitivity,
-                                                                         int64_t n, const float *decay, int64_t batch,
-                                                                         float s_max, float *factors, float *after,
-                                                                         int threads) {
+int ksparse_sensitivity_step(const int64_t *samples, const int64_t *units, int64_t pairs, const float *sensitivity,
+                             int64_t n, const float *decay, int64_t batch, float s_max, float *factors, float *after,
+                             int threads) {
     /* Each chunk fills its own last array, and the first selections of the chunks after the first (up to n each)
      * are finished on one thread: with fewer than PAIRS_PER_UNIT * n pairs a chunk, two threads took longer than
      * one (1.2 times at 64 x 4096). */
