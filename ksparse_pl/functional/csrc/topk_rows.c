@@ -56,11 +56,77 @@ static row_stats stats_of_sums(const stats_sums *a, int64_t n) {
     return r;
 }
 
-/* ---------------------------------------------------------------- portable kernels */
+/* ---------------------------------------------------------------- portable kernels
+ * The passes over whole rows take 8 scores a step in the vector types of GCC and clang, 4 lanes wide, which every
+ * target compiles to its own vectors (SSE2 on x86-64, NEON on ARM); the compilers vectorized little of the plain
+ * loops, which then remain for the last scores of a row. */
+typedef float f32x4 __attribute__((vector_size(16)));
+typedef int32_t i32x4 __attribute__((vector_size(16))); /* a comparison's lanes: -1 true, 0 false */
+
+static inline f32x4 load4(const float *p) {
+    f32x4 v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline void store4(float *p, f32x4 v) { memcpy(p, &v, sizeof v); }
+
+/* v where keep is true, +0 elsewhere. */
+static inline f32x4 keep4(f32x4 v, i32x4 keep) { return (f32x4)((i32x4)v & keep); }
+
+static inline f32x4 min4(f32x4 a, f32x4 b) { return (f32x4)(((i32x4)a & (a < b)) | ((i32x4)b & ~(a < b))); }
+
+static inline f32x4 max4(f32x4 a, f32x4 b) { return (f32x4)(((i32x4)a & (a > b)) | ((i32x4)b & ~(a > b))); }
+
+/* The bits of the true lanes of two comparisons, the first's lowest. */
+static inline unsigned bits8(i32x4 low, i32x4 high) {
+    i32x4 set = (low & (i32x4){1, 2, 4, 8}) | (high & (i32x4){16, 32, 64, 128});
+    return (unsigned)(set[0] | set[1] | set[2] | set[3]);
+}
+
+/* The statistics' running sums, 8 scores a step in two chains (as sums8 of the AVX2 kernels). */
+typedef struct {
+    f32x4 lo, hi, lo2, hi2, sum, sum2, sumsq, sumsq2;
+} sums4;
+
+static inline sums4 sums4_start(void) {
+    f32x4 lo = {INFINITY, INFINITY, INFINITY, INFINITY}, hi = -lo, zero = {0.0f, 0.0f, 0.0f, 0.0f};
+    sums4 a = {lo, hi, lo, hi, zero, zero, zero, zero};
+    return a;
+}
+
+static inline void sums4_add(sums4 *a, f32x4 v, f32x4 w) {
+    a->lo = min4(a->lo, v);
+    a->hi = max4(a->hi, v);
+    a->lo2 = min4(a->lo2, w);
+    a->hi2 = max4(a->hi2, w);
+    a->sum += v;
+    a->sum2 += w;
+    a->sumsq += v * v;
+    a->sumsq2 += w * w;
+}
+
+/* The statistics of n scores: those in the sums, then the tail (the last tail_n scores) one by one.  A NaN or an
+ * infinity makes a sum or an extreme not finite (see sums8). */
+static row_stats sums4_finish(const sums4 *a, const float *tail, int64_t tail_n, int64_t n) {
+    f32x4 lo = min4(a->lo, a->lo2), hi = max4(a->hi, a->hi2), sum = a->sum + a->sum2, sumsq = a->sumsq + a->sumsq2;
+    stats_sums s = {INFINITY, -INFINITY, 0.0, 0.0, 1};
+    for (int j = 0; j < 4; j++) {
+        s.min = lo[j] < s.min ? lo[j] : s.min;
+        s.max = hi[j] > s.max ? hi[j] : s.max;
+        s.sum += sum[j];
+        s.sumsq += sumsq[j];
+    }
+    s.finite = isfinite(s.sum) && isfinite(s.sumsq) && isfinite(s.min) && isfinite(s.max);
+    add_to_sums(&s, tail, tail_n);
+    return stats_of_sums(&s, n);
+}
+
 static row_stats stats_portable(const float *s, int64_t n) {
-    stats_sums a = {INFINITY, -INFINITY, 0.0, 0.0, 1};
-    add_to_sums(&a, s, n);
-    return stats_of_sums(&a, n);
+    int64_t body = n - n % 8;
+    sums4 a = sums4_start();
+    for (int64_t i = 0; i < body; i += 8) sums4_add(&a, load4(s + i), load4(s + i + 4));
+    return sums4_finish(&a, s + body, n - body, n);
 }
 
 static int64_t count_portable(const float *s, int64_t n, float t) {
@@ -81,11 +147,19 @@ static int64_t collect_portable(const float *s, const int32_t *ids, int64_t n, f
     return o;
 }
 
-/* collect_portable of a whole row, for compact_row (which may also prefetch next and dst; not here). */
+/* collect_portable of a whole row, prefetching one cache line per 16 scores of next and of dst (each NULL or n
+ * floats), as compact_row_avx2 does. */
 static int64_t compact_row_portable(const float *s, int64_t n, float t, int32_t *out, float *values, const float *next,
                                     const float *dst) {
-    (void)next, (void)dst;
-    return collect_portable(s, NULL, n, t, out, values);
+    int64_t o = 0;
+    for (int64_t i = 0; i < n; i++) {
+        if (i % 16 == 0 && next) __builtin_prefetch(next + i);
+        if (i % 16 == 0 && dst) __builtin_prefetch(dst + i);
+        out[o] = (int32_t)i;
+        values[o] = s[i];
+        o += s[i] >= t;
+    }
+    return o;
 }
 
 /* key_of for a finite score, without branches. */
@@ -114,18 +188,29 @@ static void score_values(const float *x, const float *boost, int by_magnitude, i
     }
 }
 
-/* The scores of score_values to out, and their statistics (the vector kernels take both in one pass). */
-static row_stats scores_portable(const float *x, const float *boost, int by_magnitude, int64_t n, float *out) {
-    score_values(x, boost, by_magnitude, n, out);
-    return stats_portable(out, n);
+/* 4 scores of score_values to out; returns them. */
+static inline f32x4 scores4(const float *x, const float *boost, i32x4 keep, float *out) {
+    f32x4 v = (f32x4)((i32x4)load4(x) & keep);
+    if (boost) v *= load4(boost);
+    store4(out, v);
+    return v;
 }
 
-/* The sparse output of a row whose winners are exactly the scores s >= t: x there (ReLU'd if relu), 0
- * elsewhere.  One pass while the row is in cache, instead of zeroing the output and scattering the winners.
- * Bit i of bits (one byte per 8 scores, the last byte's spare bits 0) is set where the gradient passes: at the
- * winners, and with relu where not x <= 0 (as torch's ReLU, a NaN passes it). */
-static void write_above_portable(const float *s, const float *x, float t, int relu, int64_t n, float *dst,
-                                 uint8_t *bits) {
+/* The scores of score_values to out, and their statistics, in one pass. */
+static row_stats scores_portable(const float *x, const float *boost, int by_magnitude, int64_t n, float *out) {
+    int64_t body = n - n % 8;
+    i32x4 keep = (i32x4){0, 0, 0, 0} + (by_magnitude ? 0x7FFFFFFF : -1); /* |v|: no sign bit */
+    sums4 a = sums4_start();
+    for (int64_t i = 0; i < body; i += 8)
+        sums4_add(&a, scores4(x + i, boost ? boost + i : NULL, keep, out + i),
+                  scores4(x + i + 4, boost ? boost + i + 4 : NULL, keep, out + i + 4));
+    score_values(x + body, boost ? boost + body : NULL, by_magnitude, n - body, out + body);
+    return sums4_finish(&a, out + body, n - body, n);
+}
+
+/* write_above_portable one score at a time, for the last scores of a row. */
+static void write_above_one_by_one(const float *s, const float *x, float t, int relu, int64_t n, float *dst,
+                                   uint8_t *bits) {
     for (int64_t i = 0; i < n; i++) {
         int won = s[i] >= t;
         float v = relu && x[i] < 0.0f ? 0.0f : x[i];
@@ -135,11 +220,9 @@ static void write_above_portable(const float *s, const float *x, float t, int re
     }
 }
 
-/* Threshold mode's output of a row: x (ReLU'd if relu) where the score is not below kth (a NaN score, or a NaN
- * kth, is kept), 0 elsewhere; bit i of bits (one byte per 8 scores) set where the gradient passes (kept, and
- * with relu not x <= 0: as torch's ReLU, a NaN passes it); hits[i] incremented where kept. */
-static void keep_at_least_portable(const float *s, const float *x, float kth, int relu, int64_t n, float *dst,
-                                   uint8_t *bits, int32_t *hits) {
+/* keep_at_least_portable one score at a time, for the last scores of a row. */
+static void keep_at_least_one_by_one(const float *s, const float *x, float kth, int relu, int64_t n, float *dst,
+                                     uint8_t *bits, int32_t *hits) {
     for (int64_t i = 0; i < n; i++) {
         int kept = !(s[i] < kth);
         float v = relu && x[i] < 0.0f ? 0.0f : x[i];
@@ -150,16 +233,101 @@ static void keep_at_least_portable(const float *s, const float *x, float kth, in
     }
 }
 
+/* One vector of the output passes: x (ReLU'd if relu) where the score wins, 0 elsewhere, to dst; returns where the
+ * gradient passes.  A score wins at s >= t, or with keep_ties where not s < t, and then also counts in hits. */
+static inline i32x4 output4(const float *s, const float *x, f32x4 tv, int relu, int keep_ties, float *dst,
+                            int32_t *hits) {
+    f32x4 v = load4(x), zero = {0.0f, 0.0f, 0.0f, 0.0f}, score = load4(s);
+    i32x4 won = keep_ties ? ~(score < tv) : score >= tv;
+    store4(dst, keep4(v, relu ? won & ~(v < zero) : won));
+    if (keep_ties) {
+        i32x4 h;
+        memcpy(&h, hits, sizeof h);
+        h -= won;
+        memcpy(hits, &h, sizeof h);
+    }
+    return relu ? won & ~(v <= zero) : won;
+}
+
+/* output4 over the first n - n % 8 scores, a byte of bits per 8 (always inlined, for the constant relu and
+ * keep_ties of each caller). */
+__attribute__((always_inline)) static inline void output_by_vectors(const float *s, const float *x, float t, int relu,
+                                                                    int keep_ties, int64_t n, float *dst,
+                                                                    uint8_t *bits, int32_t *hits) {
+    f32x4 tv = {t, t, t, t};
+    for (int64_t i = 0; i < n - n % 8; i += 8) {
+        i32x4 low = output4(s + i, x + i, tv, relu, keep_ties, dst + i, keep_ties ? hits + i : NULL);
+        i32x4 high = output4(s + i + 4, x + i + 4, tv, relu, keep_ties, dst + i + 4, keep_ties ? hits + i + 4 : NULL);
+        bits[i / 8] = (uint8_t)bits8(low, high);
+    }
+}
+
+/* The sparse output of a row whose winners are exactly the scores s >= t: x there (ReLU'd if relu), 0
+ * elsewhere.  One pass while the row is in cache, instead of zeroing the output and scattering the winners.
+ * Bit i of bits (one byte per 8 scores, the last byte's spare bits 0) is set where the gradient passes: at the
+ * winners, and with relu where not x <= 0 (as torch's ReLU, a NaN passes it). */
+static void write_above_portable(const float *s, const float *x, float t, int relu, int64_t n, float *dst,
+                                 uint8_t *bits) {
+    if (relu) output_by_vectors(s, x, t, 1, 0, n, dst, bits, NULL);
+    else output_by_vectors(s, x, t, 0, 0, n, dst, bits, NULL);
+    int64_t body = n - n % 8;
+    write_above_one_by_one(s + body, x + body, t, relu, n - body, dst + body, bits + body / 8);
+}
+
+/* Threshold mode's output of a row: x (ReLU'd if relu) where the score is not below kth (a NaN score, or a NaN
+ * kth, is kept), 0 elsewhere; bit i of bits (one byte per 8 scores) set where the gradient passes (kept, and
+ * with relu not x <= 0: as torch's ReLU, a NaN passes it); hits[i] incremented where kept. */
+static void keep_at_least_portable(const float *s, const float *x, float kth, int relu, int64_t n, float *dst,
+                                   uint8_t *bits, int32_t *hits) {
+    if (relu) output_by_vectors(s, x, kth, 1, 1, n, dst, bits, hits);
+    else output_by_vectors(s, x, kth, 0, 1, n, dst, bits, hits);
+    int64_t body = n - n % 8;
+    keep_at_least_one_by_one(s + body, x + body, kth, relu, n - body, dst + body, bits + body / 8, hits + body);
+}
+
+/* The lanes of two vectors whose bits are set in the 8 bits of set, the first's lowest. */
+static inline void lanes_of_bits(unsigned set, i32x4 *low, i32x4 *high) {
+    i32x4 b = (i32x4){0, 0, 0, 0} + (int32_t)set;
+    *low = (b & (i32x4){1, 2, 4, 8}) != 0;
+    *high = (b & (i32x4){16, 32, 64, 128}) != 0;
+}
+
 /* dst = src where bit i of bits is set, 0 elsewhere. */
 static void take_bits_portable(const float *src, const uint8_t *bits, int64_t n, float *dst) {
-    for (int64_t i = 0; i < n; i++) dst[i] = (bits[i / 8] >> (i % 8)) & 1 ? src[i] : 0.0f;
+    int64_t body = n - n % 8;
+    for (int64_t i = 0; i < body; i += 8) {
+        i32x4 low, high;
+        lanes_of_bits(bits[i / 8], &low, &high);
+        store4(dst + i, keep4(load4(src + i), low));
+        store4(dst + i + 4, keep4(load4(src + i + 4), high));
+    }
+    for (int64_t i = body; i < n; i++) dst[i] = (bits[i / 8] >> (i % 8)) & 1 ? src[i] : 0.0f;
+}
+
+/* The 8 bits of bits from bit i on, for i + 8 <= the bits' length (so the second byte is read only when needed,
+ * and then exists). */
+static inline unsigned eight_bits_at(const uint8_t *bits, int64_t i) {
+    unsigned low = bits[i >> 3], high = i & 7 ? bits[(i >> 3) + 1] : 0u;
+    return ((low | high << 8) >> (i & 7)) & 0xFFu;
 }
 
 /* take_bits, each set entry i also multiplied by factors[i / group] (a factor per group of entries: a channel's
- * positions).  0 where the bit is clear, whatever the factor (not 0 * factor, NaN for an infinite one). */
+ * positions).  0 where the bit is clear, whatever the factor (not 0 * factor, NaN for an infinite one).  8 entries
+ * of a group at a time: a group need not start at a whole byte. */
 static void take_bits_scaled_portable(const float *src, const uint8_t *bits, const float *factors, int64_t group,
                                       int64_t n, float *dst) {
-    for (int64_t i = 0; i < n; i++) dst[i] = (bits[i / 8] >> (i % 8)) & 1 ? src[i] * factors[i / group] : 0.0f;
+    for (int64_t start = 0; start < n; start += group) {
+        int64_t end = start + group, i = start;
+        float f = factors[start / group];
+        f32x4 factor = {f, f, f, f};
+        for (; i + 8 <= end; i += 8) {
+            i32x4 low, high;
+            lanes_of_bits(eight_bits_at(bits, i), &low, &high);
+            store4(dst + i, keep4(load4(src + i) * factor, low));
+            store4(dst + i + 4, keep4(load4(src + i + 4) * factor, high));
+        }
+        for (; i < end; i++) dst[i] = (bits[i / 8] >> (i % 8)) & 1 ? src[i] * f : 0.0f;
+    }
 }
 
 /* ---------------------------------------------------------------- AVX2 kernels (chosen at run time) */
@@ -416,14 +584,8 @@ AVX2 static void take_bits_avx2(const float *src, const uint8_t *bits, int64_t n
         __m256 mask = _mm256_castsi256_ps(_mm256_cmpeq_epi32(set, lane_bit));
         _mm256_storeu_ps(dst + i, _mm256_and_ps(mask, _mm256_loadu_ps(src + i)));
     }
+    _mm256_zeroupper(); /* as in write_above_avx2 */
     take_bits_portable(src + body, bits + body / 8, n - body, dst + body);
-}
-
-/* The 8 bits of bits from bit i on, for i + 8 <= the bits' length (so the second byte is read only when needed,
- * and then exists). */
-static inline unsigned eight_bits_at(const uint8_t *bits, int64_t i) {
-    unsigned low = bits[i >> 3], high = i & 7 ? bits[(i >> 3) + 1] : 0u;
-    return ((low | high << 8) >> (i & 7)) & 0xFFu;
 }
 
 /* take_bits_scaled_portable, 8 entries of a group at a time: a group need not start at a whole byte. */
