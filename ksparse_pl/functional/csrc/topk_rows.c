@@ -27,6 +27,9 @@
 #define KSPARSE_X86 1
 #endif
 
+/* For the helpers of a pass, so that each caller gets its own loop for its constant arguments. */
+#define INLINE __attribute__((always_inline)) static inline
+
 typedef struct {
     float min, max, mean, std;
     int finite; /* no NaN and no infinity in the row */
@@ -249,11 +252,9 @@ static inline i32x4 output4(const float *s, const float *x, f32x4 tv, int relu, 
     return relu ? won & ~(v <= zero) : won;
 }
 
-/* output4 over the first n - n % 8 scores, a byte of bits per 8 (always inlined, for the constant relu and
- * keep_ties of each caller). */
-__attribute__((always_inline)) static inline void output_by_vectors(const float *s, const float *x, float t, int relu,
-                                                                    int keep_ties, int64_t n, float *dst,
-                                                                    uint8_t *bits, int32_t *hits) {
+/* output4 over the first n - n % 8 scores, a byte of bits per 8. */
+INLINE void output_by_vectors(const float *s, const float *x, float t, int relu, int keep_ties, int64_t n, float *dst,
+                              uint8_t *bits, int32_t *hits) {
     f32x4 tv = {t, t, t, t};
     for (int64_t i = 0; i < n - n % 8; i += 8) {
         i32x4 low = output4(s + i, x + i, tv, relu, keep_ties, dst + i, keep_ties ? hits + i : NULL);
@@ -334,8 +335,6 @@ static void take_bits_scaled_portable(const float *src, const uint8_t *bits, con
 #ifdef KSPARSE_X86
 /* ksparse_init takes these only where the CPU has all three. */
 #define AVX2 __attribute__((target("avx2,fma,popcnt")))
-/* for the helpers of a pass, so that each caller gets its own loop for its constant arguments */
-#define INLINE __attribute__((always_inline)) static inline
 
 AVX2 static float hmin(__m256 v) {
     float a[8];
