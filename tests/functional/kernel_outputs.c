@@ -56,6 +56,9 @@ static uint64_t hash(const void *p, size_t bytes) {
     return h;
 }
 
+/* Literals rather than powf, whose last bit may differ between C libraries. */
+static const float SCALES[7] = {0.001f, 0.01f, 0.1f, 1.0f, 10.0f, 100.0f, 1000.0f};
+
 /* Rows of several kinds: normal, ties, wide scales, NaN and infinities, constant, integers. */
 static void fill(float *x, int64_t rows, int64_t n) {
     for (int64_t r = 0; r < rows; r++) {
@@ -64,7 +67,7 @@ static void fill(float *x, int64_t rows, int64_t n) {
         for (int64_t i = 0; i < n; i++) {
             float v = normal();
             if (kind == 1) v = floorf(v * 2.0f);
-            if (kind == 2) v = v * powf(10.0f, (float)(i % 7) - 3.0f);
+            if (kind == 2) v = v * SCALES[i % 7];
             if (kind == 4) v = 0.5f;
             if (kind == 5) v = (float)((i * 37) % 11) - 5.0f;
             row[i] = v;
@@ -144,15 +147,18 @@ static void duty_and_sensitivity(void) {
     int64_t *samples = malloc(batch * k * 8), *units = malloc(batch * k * 8);
     float *sens = malloc(n * 4), *decay = malloc((batch + 1) * 4), *fac = malloc(batch * k * 4), *after = malloc(n * 4);
     for (int64_t i = 0; i < n; i++) sens[i] = 1.0f + 9.0f * uniform();
-    for (int64_t i = 0; i <= batch; i++) decay[i] = powf(1.0f - 1.0f / 100.0f, (float)i);
+    decay[0] = 1.0f;
+    for (int64_t i = 1; i <= batch; i++) decay[i] = decay[i - 1] * 0.99f;
     for (int64_t s = 0; s < batch; s++)
         for (int64_t j = 0; j < k; j++) samples[s * k + j] = s, units[s * k + j] = (s * 7 + j * 19) % n;
     ksparse_sensitivity_step(samples, units, batch * k, sens, n, decay, batch, 10.0f, fac, after, 1);
     REPORT("sensitivity factors", fac, batch * k * 4);
     REPORT("sensitivity after", after, n * 4);
+    free(duty), free(selections), free(counts), free(samples), free(units), free(sens), free(decay), free(fac);
+    free(after);
 }
 
-static void channels_and_sparse_rows(void) {
+static void channels_and_sparse_rows(int vectorized) {
     int64_t batch = 3, channels = 24, positions = 37, k = 4;
     float *x = malloc(batch * channels * positions * 4), *out = malloc(batch * channels * positions * 4);
     float *boost = malloc(channels * 4);
@@ -160,7 +166,7 @@ static void channels_and_sparse_rows(void) {
     uint8_t *bits = malloc(batch * channels * positions);
     fill(x, batch * channels, positions);
     for (int64_t c = 0; c < channels; c++) boost[c] = 2.0f * uniform();
-    ksparse_select_channels(x, boost, 1, 1, out, idx, bits, counts, 0, batch, channels, positions, k, 0, 1);
+    ksparse_select_channels(x, boost, 1, 1, out, idx, bits, counts, 0, batch, channels, positions, k, vectorized, 1);
     REPORT("channels out", out, batch * channels * positions * 4);
     REPORT("channels idx", idx, batch * k * positions * 8);
     REPORT("channels counts", counts, channels * 8);
@@ -176,10 +182,13 @@ static void channels_and_sparse_rows(void) {
     REPORT("dot_rows", dots, b * kk * 4);
     ksparse_scatter_rows(rows, units, coef, grads, b, kk, m, d, 1);
     REPORT("scatter_rows", grads, m * d * 4);
+    free(x), free(out), free(boost), free(idx), free(counts), free(bits), free(dict), free(coef), free(rows);
+    free(dots), free(grads), free(units);
 }
 
 int main(int argc, char **argv) {
-    printf("width %d\n", ksparse_init(argc > 1 ? atoi(argv[1]) : 2));
+    int width = ksparse_init(argc > 1 ? atoi(argv[1]) : 2);
+    printf("width %d\n", width);
     /* z and z_low: the normal quantiles of 1 - k/n and 1 - 2k/n (where the search starts; any value is exact) */
     rows_case(12, 4096, 205, 1.6446f, 1.2818f);
     rows_case(12, 1000, 100, 1.2816f, 0.8416f);
@@ -187,6 +196,6 @@ int main(int argc, char **argv) {
     rows_case(12, 37, 5, 1.1019f, NAN);
     rows_case(12, 17, 3, 0.9280f, NAN);
     duty_and_sensitivity();
-    channels_and_sparse_rows();
+    channels_and_sparse_rows(width > 0); /* the channels' AVX2 code with the rows' */
     return 0;
 }
