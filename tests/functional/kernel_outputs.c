@@ -1,6 +1,6 @@
 /* Runs the kernels of ksparse_pl/functional/csrc on deterministic inputs and prints a hash of every output, so that
  * builds for different CPUs (and the instruction sets of one: the argument is ksparse_init's widest) can be compared
- * bit for bit.  Built and run by test_native_arm.py; single-threaded (no OpenMP), as qemu runs it. */
+ * bit for bit.  Built and run by test_kernel_outputs.py; single-threaded (no OpenMP), as qemu runs it. */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
