@@ -35,7 +35,8 @@ typedef struct {
     int finite; /* no NaN and no infinity in the row */
 } row_stats;
 
-/* Running sums behind row_stats; the AVX2 kernel fills them 8 lanes at a time and adds its tail here. */
+/* Running sums behind row_stats; the vector kernels fill them from their lanes, then add the scores past their last
+ * whole vector one by one here. */
 typedef struct {
     float min, max;
     double sum, sumsq;
