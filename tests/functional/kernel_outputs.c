@@ -80,56 +80,50 @@ static void fill(float *x, int64_t rows, int64_t n) {
     }
 }
 
-#define REPORT(name, ptr, bytes) printf("%-40s %016llx\n", name, (unsigned long long)hash(ptr, bytes))
+/* One output's line: what it is, the case it comes from (empty: none), and the hash of its bytes. */
+static void report(const char *what, const char *where, const void *p, size_t bytes) {
+    char name[80];
+    snprintf(name, sizeof name, "%s %s", what, where);
+    printf("%-40s %016llx\n", name, (unsigned long long)hash(p, bytes));
+}
 
 static void rows_case(int64_t rows, int64_t n, int64_t k, float z, float z_low) {
     float *x = malloc(rows * n * 4), *dst = malloc(rows * n * 4), *grad = malloc(rows * n * 4), *boost = malloc(n * 4);
     float *factors = malloc(rows * k * 4), *groups = malloc(rows * 4 * 4), *out = malloc(rows * n * 4);
     int64_t *idx = malloc(rows * k * 8), *counts = malloc(n * 8);
     uint8_t *bits = malloc(rows * ((n + 7) / 8));
+    size_t values = rows * n * 4, bytes = rows * ((n + 7) / 8);
     fill(x, rows, n);
     for (int64_t i = 0; i < rows * n; i++) grad[i] = normal();
     for (int64_t i = 0; i < n; i++) boost[i] = 2.0f * uniform();
     for (int64_t i = 0; i < rows * k; i++) factors[i] = 0.5f + uniform();
     for (int64_t i = 0; i < rows * 4; i++) groups[i] = 0.5f + uniform();
-    char name[80];
     for (int mode = 0; mode < 8; mode++) {
         int by_magnitude = mode & 1, boosted = mode & 2, relu = mode & 4;
+        char where[48];
+        snprintf(where, sizeof where, "%lldx%lld k%lld m%d", (long long)rows, (long long)n, (long long)k, mode);
         memset(counts, 0, n * 8);
         const float *b = boosted ? boost : NULL;
         ksparse_select_rows(x, b, by_magnitude, idx, dst, bits, relu, counts, rows, n, k, z, z_low, 1);
-        snprintf(name, sizeof name, "select %lldx%lld k%lld m%d idx", (long long)rows, (long long)n, (long long)k,
-                 mode);
-        REPORT(name, idx, rows * k * 8);
-        name[strlen(name) - 3] = 0;
-        strcat(name, "out");
-        REPORT(name, dst, rows * n * 4);
-        name[strlen(name) - 3] = 0;
-        strcat(name, "bits");
-        REPORT(name, bits, rows * ((n + 7) / 8));
-        name[strlen(name) - 4] = 0;
-        strcat(name, "counts");
-        REPORT(name, counts, n * 8);
+        report("select idx", where, idx, rows * k * 8);
+        report("select out", where, dst, values);
+        report("select bits", where, bits, bytes);
+        report("select counts", where, counts, n * 8);
         ksparse_take_bits_rows(grad, bits, NULL, 1, out, rows, n, 1);
-        snprintf(name, sizeof name, "take_bits %lldx%lld m%d", (long long)rows, (long long)n, mode);
-        REPORT(name, out, rows * n * 4);
+        report("take_bits", where, out, values);
         if (n % 4 == 0) {
             ksparse_take_bits_rows(grad, bits, groups, 4, out, rows, n, 1);
-            snprintf(name, sizeof name, "take_bits groups %lldx%lld m%d", (long long)rows, (long long)n, mode);
-            REPORT(name, out, rows * n * 4);
+            report("take_bits groups", where, out, values);
         }
         ksparse_take_bits_rows_at(grad, bits, idx, factors, out, rows, n, k, 1);
-        snprintf(name, sizeof name, "take_bits_at %lldx%lld m%d", (long long)rows, (long long)n, mode);
-        REPORT(name, out, rows * n * 4);
+        report("take_bits_at", where, out, values);
         ksparse_take_rows(x, idx, relu, out, bits, rows, n, k, 1);
-        snprintf(name, sizeof name, "take_rows %lldx%lld m%d", (long long)rows, (long long)n, mode);
-        REPORT(name, out, rows * n * 4);
+        report("take_rows", where, out, values);
         memset(counts, 0, n * 8);
         ksparse_keep_at_least_rows(x, b, by_magnitude, dst, bits, relu, counts, rows, n, k, z, z_low, 1);
-        snprintf(name, sizeof name, "keep_at_least %lldx%lld m%d", (long long)rows, (long long)n, mode);
-        REPORT(name, dst, rows * n * 4);
-        REPORT(name, bits, rows * ((n + 7) / 8));
-        REPORT(name, counts, n * 8);
+        report("keep_at_least out", where, dst, values);
+        report("keep_at_least bits", where, bits, bytes);
+        report("keep_at_least counts", where, counts, n * 8);
     }
     free(x), free(dst), free(grad), free(boost), free(factors), free(groups), free(out), free(idx), free(counts);
     free(bits);
@@ -143,7 +137,7 @@ static void duty_and_sensitivity(void) {
         for (int64_t i = 0; i < n; i++) counts[i] = (int64_t)(next() % 9);
         ksparse_add_wins(duty, selections, &seen, counts, n, batch, step % 3 ? 1 : 7, period);
     }
-    REPORT("duty_cycle", duty, n * 4);
+    report("duty_cycle", "", duty, n * 4);
     int64_t *samples = malloc(batch * k * 8), *units = malloc(batch * k * 8);
     float *sens = malloc(n * 4), *decay = malloc((batch + 1) * 4), *fac = malloc(batch * k * 4), *after = malloc(n * 4);
     for (int64_t i = 0; i < n; i++) sens[i] = 1.0f + 9.0f * uniform();
@@ -152,8 +146,8 @@ static void duty_and_sensitivity(void) {
     for (int64_t s = 0; s < batch; s++)
         for (int64_t j = 0; j < k; j++) samples[s * k + j] = s, units[s * k + j] = (s * 7 + j * 19) % n;
     ksparse_sensitivity_step(samples, units, batch * k, sens, n, decay, batch, 10.0f, fac, after, 1);
-    REPORT("sensitivity factors", fac, batch * k * 4);
-    REPORT("sensitivity after", after, n * 4);
+    report("sensitivity factors", "", fac, batch * k * 4);
+    report("sensitivity after", "", after, n * 4);
     free(duty), free(selections), free(counts), free(samples), free(units), free(sens), free(decay), free(fac);
     free(after);
 }
@@ -167,9 +161,9 @@ static void channels_and_sparse_rows(int vectorized) {
     fill(x, batch * channels, positions);
     for (int64_t c = 0; c < channels; c++) boost[c] = 2.0f * uniform();
     ksparse_select_channels(x, boost, 1, 1, out, idx, bits, counts, 0, batch, channels, positions, k, vectorized, 1);
-    REPORT("channels out", out, batch * channels * positions * 4);
-    REPORT("channels idx", idx, batch * k * positions * 8);
-    REPORT("channels counts", counts, channels * 8);
+    report("channels out", "", out, batch * channels * positions * 4);
+    report("channels idx", "", idx, batch * k * positions * 8);
+    report("channels counts", "", counts, channels * 8);
     int64_t m = 300, d = 70, b = 16, kk = 8;
     float *dict = malloc(m * d * 4), *coef = malloc(b * kk * 4), *rows = malloc(b * d * 4), *dots = malloc(b * kk * 4);
     float *grads = calloc(m * d, 4);
@@ -177,11 +171,11 @@ static void channels_and_sparse_rows(int vectorized) {
     for (int64_t i = 0; i < m * d; i++) dict[i] = normal();
     for (int64_t i = 0; i < b * kk; i++) coef[i] = normal(), units[i] = (int64_t)(next() % m);
     ksparse_gather_rows(dict, units, coef, rows, b, kk, m, d, 1);
-    REPORT("gather_rows", rows, b * d * 4);
+    report("gather_rows", "", rows, b * d * 4);
     ksparse_dot_rows(dict, units, rows, dots, b, kk, m, d, 1);
-    REPORT("dot_rows", dots, b * kk * 4);
+    report("dot_rows", "", dots, b * kk * 4);
     ksparse_scatter_rows(rows, units, coef, grads, b, kk, m, d, 1);
-    REPORT("scatter_rows", grads, m * d * 4);
+    report("scatter_rows", "", grads, m * d * 4);
     free(x), free(out), free(boost), free(idx), free(counts), free(bits), free(dict), free(coef), free(rows);
     free(dots), free(grads), free(units);
 }
