@@ -3,7 +3,7 @@
 glibc's ``malloc`` serves blocks above its mmap threshold (at most 32 MiB) with fresh pages from the operating
 system and unmaps them on ``free``. A training step frees its gradients and allocates them again, so each step
 of a model with large weight matrices pays a page fault per 4 KiB of gradient: here a 48 MiB ``torch.zeros``
-took 26 ms instead of 2.7 ms, and the sparse autoencoder step at 16384 latents lost a quarter of its time to it
+took 26 ms instead of 2.7 ms, and the sparse autoencoder step at 16384 latents took 91 ms instead of 61-63 ms
 (README, Performance). :func:`keep_freed_memory` raises both thresholds, as ``MALLOC_MMAP_THRESHOLD_`` and
 ``MALLOC_TRIM_THRESHOLD_`` would, so freed blocks are reused instead.
 
