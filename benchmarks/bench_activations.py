@@ -4,6 +4,7 @@
     python benchmarks/bench_activations.py --keep-freed-memory  # as the ksparse-pl command runs
     python benchmarks/bench_activations.py --rounds 30 --threads 2
     python benchmarks/bench_activations.py --keep-freed-memory --tables conv  # only the feature-map table
+    python benchmarks/bench_activations.py --device cuda        # on a GPU
 
 Each case is forward + backward on a fixed input. The cases take turns: ``--rounds`` rounds, each timing
 every case as the median of ``--repeats`` runs; a case's ratio to ReLU is the median over the rounds of
@@ -21,18 +22,20 @@ them, a table of forward and backward timed apart at the first shape, for ReLU, 
 The next gives the fixed cost per call (Python, autograd, state bookkeeping): one row of 64 units. The last
 times ``KSparse2d`` / ``KWinners2d`` on (B, C, H, W) feature maps, with ``torch.topk`` over the channels then a
 scatter as the baseline. ``--tables widths`` compares the row kernels' instruction sets that the CPU runs.
+
+``--device cuda`` runs the layer, phase, fixed-cost and feature-map tables on a GPU, where the layers use torch's
+operations: each call is timed until the GPU has finished it, so a time there is mostly the launches of its kernels.
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 from collections.abc import Callable
 
 import torch
-from _timing import interleaved_ms, median_ratio
+from _timing import describe, interleaved_ms, median_ratio, synchronizer
 from torch import nn
 
 from ksparse_pl import KSparse, KSparse2d, KWinners, KWinners2d
@@ -123,34 +126,39 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--keep-freed-memory", action="store_true", help="as the ksparse-pl command runs")
-    parser.add_argument("--tables", nargs="+", choices=list(TABLES), default=list(TABLES), help="which tables")
+    parser.add_argument("--tables", nargs="+", choices=list(TABLES), help="which tables (default: all the device runs)")
+    parser.add_argument("--device", type=torch.device, default=torch.device("cpu"), help="cpu or cuda")
     args = parser.parse_args()
+    on_gpu = [name for name in TABLES if name not in CPU_ONLY]
+    tables = args.tables or (list(TABLES) if args.device.type == "cpu" else on_gpu)
+    if args.device.type != "cpu" and set(tables) & CPU_ONLY:
+        parser.error(f"--tables {' '.join(sorted(set(tables) & CPU_ONLY))} time CPU kernels; on a GPU: {on_gpu}")
     if args.keep_freed_memory:
         keep_freed_memory()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(
-        f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {args.threads} threads, "
+        f"torch {torch.__version__}, {describe(args.device)}, "
         f"freed memory {'kept' if args.keep_freed_memory else 'returned (glibc defaults)'}"
     )
-    for name in args.tables:
-        TABLES[name](args.rounds, args.repeats)
+    for name in tables:
+        TABLES[name](args.rounds, args.repeats, args.device)
 
 
-def layer_table(rounds: int, repeats: int) -> None:
+def layer_table(rounds: int, repeats: int, device: torch.device) -> None:
     """Every layer and baseline against ReLU at each shape, alone and behind a Linear layer."""
     print()
     print("| B | n | active | layer | fwd+bwd ms | x ReLU | in Linear block, x ReLU | saved for backward |")
     print("|---|---|---|---|---|---|---|---|")
     for batch, n, p in SHAPES:
-        x = torch.randn(batch, n, requires_grad=True)
-        grad = torch.randn(batch, n)
-        linear = nn.Linear(n, n)
-        layers = cases(n, p)
-        alone = interleaved_ms({name: step(m, x, grad) for name, m in layers.items()}, rounds, repeats)
-        # A Linear(4096, 4096) step takes ~0.15 s here: fewer repeats per round for the block.
+        x = torch.randn(batch, n, device=device, requires_grad=True)
+        grad = torch.randn(batch, n, device=device)
+        linear = nn.Linear(n, n, device=device)
+        layers = {name: m.to(device) for name, m in cases(n, p).items()}
+        alone = interleaved_ms({name: step(m, x, grad) for name, m in layers.items()}, rounds, repeats, device)
+        # A Linear(4096, 4096) step takes ~0.15 s on a CPU: fewer repeats per round for the block.
         blocks = {name: step(nn.Sequential(linear, m), x, grad) for name, m in layers.items()}
-        block = interleaved_ms(blocks, rounds, max(repeats // 10, 2))
+        block = interleaved_ms(blocks, rounds, max(repeats // 10, 2), device)
         relu_saved = saved_bytes(layers["ReLU"], x)
         for name, m in layers.items():
             kb = saved_bytes(m, x) / 1024
@@ -163,24 +171,28 @@ def layer_table(rounds: int, repeats: int) -> None:
 
 def phases_ms(module: nn.Module, x: torch.Tensor, grad: torch.Tensor, repeats: int) -> tuple[float, float]:
     """Median milliseconds of the forward and of the backward of ``module`` on ``x``, timed apart."""
+    sync = synchronizer(x.device)
     forward, backward = [], []
     for _ in range(repeats):
         x.grad = None
+        sync()
         start = time.perf_counter()
         out = module(x)
+        sync()
         middle = time.perf_counter()
         out.backward(grad)
+        sync()
         forward.append(middle - start)
         backward.append(time.perf_counter() - middle)
     return statistics.median(forward) * 1e3, statistics.median(backward) * 1e3
 
 
-def phase_table(rounds: int, repeats: int) -> None:
+def phase_table(rounds: int, repeats: int, device: torch.device) -> None:
     """Forward and backward apart at the first shape: where a layer's time goes against ReLU's."""
     batch, n, p = SHAPES[0]
-    x, grad = torch.randn(batch, n, requires_grad=True), torch.randn(batch, n)
+    x, grad = torch.randn(batch, n, device=device, requires_grad=True), torch.randn(batch, n, device=device)
     wanted = ("ReLU", "k_sparse (function, no state)", "KSparse")
-    layers = {name: m for name, m in cases(n, p).items() if name in wanted}
+    layers = {name: m.to(device) for name, m in cases(n, p).items() if name in wanted}
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in layers}
     for _ in range(rounds):
         for name, module in layers.items():
@@ -194,7 +206,7 @@ def phase_table(rounds: int, repeats: int) -> None:
         print(f"| {batch} | {n} | {p:.0%} | {name} | {forward:.3f} | {backward:.3f} |")
 
 
-def selection_table(rounds: int, repeats: int) -> None:
+def selection_table(rounds: int, repeats: int, device: torch.device) -> None:
     print()
     print("| B | n | k | scores | topk_indices ms | torch.topk ms | torch.topk / topk_indices |")
     print("|---|---|---|---|---|---|---|")
@@ -217,14 +229,17 @@ def selection_table(rounds: int, repeats: int) -> None:
             )
 
 
-def overhead_table(rounds: int, repeats: int, n: int = 64, p: float = 1 / 16, calls: int = 50) -> None:
+def overhead_table(
+    rounds: int, repeats: int, device: torch.device, n: int = 64, p: float = 1 / 16, calls: int = 50
+) -> None:
     """The fixed cost per call: forward + backward of one row of ``n`` units, where the arithmetic is negligible.
 
     ``calls`` calls per timing: one call is tens of microseconds, near the clock's resolution on this VM.
     """
-    x, grad = torch.randn(1, n, requires_grad=True), torch.randn(1, n)
-    layers = {name: m for name, m in cases(n, p).items() if "baseline" not in name}
-    times = interleaved_ms({name: step_times(step(m, x, grad), calls) for name, m in layers.items()}, rounds, repeats)
+    x, grad = torch.randn(1, n, device=device, requires_grad=True), torch.randn(1, n, device=device)
+    layers = {name: m.to(device) for name, m in cases(n, p).items() if "baseline" not in name}
+    runs = {name: step_times(step(m, x, grad), calls) for name, m in layers.items()}
+    times = interleaved_ms(runs, rounds, repeats, device)
     print()
     print("| B | n | k | layer | fwd+bwd us per call | minus ReLU's, us |")
     print("|---|---|---|---|---|---|")
@@ -234,7 +249,7 @@ def overhead_table(rounds: int, repeats: int, n: int = 64, p: float = 1 / 16, ca
         print(f"| 1 | {n} | {round(n * p)} | {name} | {us:.0f} | {us - relu:.0f} |")
 
 
-def widths_table(rounds: int, repeats: int) -> None:
+def widths_table(rounds: int, repeats: int, device: torch.device) -> None:
     """The row kernels of each instruction set this CPU runs (portable, AVX2, AVX-512), taking turns: the selection
     with boosting and output, the backward's masking, and ``KWinners`` forward+backward."""
     widths = [w for w in KERNEL_WIDTHS if use_widest_kernels(w) == w]
@@ -292,14 +307,14 @@ class TopkChannelsThenScatter(nn.Module):
         return torch.zeros_like(x).scatter(1, indices, x.gather(1, indices))
 
 
-def conv_table(rounds: int, repeats: int) -> None:
+def conv_table(rounds: int, repeats: int, device: torch.device) -> None:
     """``KSparse2d`` / ``KWinners2d`` on (B, C, H, W) feature maps against ReLU: channel mode (the top k channels
     at every position) and global mode (10% of C*H*W)."""
     print()
     print("| B, C, H, W | k | layer | fwd+bwd ms | x ReLU |")
     print("|---|---|---|---|---|")
     for shape, k in CONV_SHAPES:
-        x, grad = torch.randn(*shape, requires_grad=True), torch.randn(*shape)
+        x, grad = torch.randn(*shape, device=device, requires_grad=True), torch.randn(*shape, device=device)
         channels, spatial = shape[1], shape[2:]
         layers = {
             "ReLU": nn.ReLU(),
@@ -310,7 +325,8 @@ def conv_table(rounds: int, repeats: int) -> None:
             "KWinners2d channel + sensitivity": KWinners2d(channels, k, sensitivity=True),
             "KSparse2d global, 10%": KSparse2d(channels, percent_on=0.1, mode="global", spatial_shape=spatial),
         }
-        times = interleaved_ms({name: step(m, x, grad) for name, m in layers.items()}, rounds, repeats)
+        layers = {name: m.to(device) for name, m in layers.items()}
+        times = interleaved_ms({name: step(m, x, grad) for name, m in layers.items()}, rounds, repeats, device)
         for name in layers:
             print(
                 f"| {', '.join(map(str, shape))} | {k} | {name} | {statistics.median(times[name]):.3f} | "
@@ -318,7 +334,7 @@ def conv_table(rounds: int, repeats: int) -> None:
             )
 
 
-TABLES: dict[str, Callable[[int, int], None]] = {
+TABLES: dict[str, Callable[[int, int, torch.device], None]] = {
     "layers": layer_table,
     "phases": phase_table,
     "selection": selection_table,
@@ -326,6 +342,8 @@ TABLES: dict[str, Callable[[int, int], None]] = {
     "conv": conv_table,
     "widths": widths_table,
 }
+# The compiled kernels against torch.topk and against each other: on a GPU the layers use torch.topk.
+CPU_ONLY = {"selection", "widths"}
 
 if __name__ == "__main__":
     main()

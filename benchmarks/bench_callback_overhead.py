@@ -3,6 +3,7 @@
     python benchmarks/bench_callback_overhead.py                  # 3 runs of 2000 steps, blocks of 50
     python benchmarks/bench_callback_overhead.py --log-every 50   # usage logged 10x as often
     python benchmarks/bench_callback_overhead.py --no-op          # four callbacks that do nothing
+    python benchmarks/bench_callback_overhead.py --accelerator gpu
 
 A k-winners autoencoder (boosting and sensitivity on, so every callback has work) trains on the bundled 8x8
 digits with an offline W&B logger, with NodeUsageLogger (scalars, histogram and sorted usage plot every
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -34,6 +34,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 import wandb
+from _timing import describe, synchronizer
 from pytorch_lightning.loggers import WandbLogger
 
 from ksparse_pl.callbacks import DutyCycleBoosting, KSchedule, NodeUsageLogger, SensitivitySchedule
@@ -62,11 +63,13 @@ class BlockClock(pl.Callback):
     def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
         index = trainer.global_step // self.block
         if index != self._index:
+            synchronizer(trainer.strategy.root_device)()  # a GPU's queued steps belong to the block that queued them
             self._close(trainer.global_step)
             self._index, self.on, self.counting = index, index % 2 == 1, index >= WARMUP_BLOCKS
             self._start = time.perf_counter()
 
     def on_train_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        synchronizer(trainer.strategy.root_device)()
         self._close(trainer.global_step)
 
     def _close(self, global_step: int) -> None:
@@ -105,7 +108,9 @@ def monitoring_callbacks(log_every: int, hidden: int) -> list[pl.Callback]:
     ]
 
 
-def one_run(steps: int, block: int, log_every: int, hidden: int, no_op: bool) -> tuple[float, float, float]:
+def one_run(
+    steps: int, block: int, log_every: int, hidden: int, no_op: bool, accelerator: str
+) -> tuple[float, float, float]:
     """(seconds per step with the callbacks off, with them on, in their hooks per "on" step)."""
     pl.seed_everything(0, verbose=False)
     model = SparseAutoencoder(64, hidden, k=hidden // 16, activation="kwinners", boost_strength=1.0, sensitivity=True)
@@ -115,7 +120,7 @@ def one_run(steps: int, block: int, log_every: int, hidden: int, no_op: bool) ->
     added = [pl.Callback() for _ in range(4)] if no_op else monitoring_callbacks(2 * log_every, hidden)
     with tempfile.TemporaryDirectory() as logs:
         trainer = pl.Trainer(
-            accelerator="cpu",
+            accelerator=accelerator,
             devices=1,
             max_steps=steps + WARMUP_BLOCKS * block,
             limit_val_batches=0,
@@ -140,6 +145,7 @@ def main() -> None:
     parser.add_argument("--log-every", type=int, default=500, help="steps with the callbacks on between usage logs")
     parser.add_argument("--hidden", type=int, default=1024)
     parser.add_argument("--no-op", action="store_true", help="four callbacks that do nothing instead")
+    parser.add_argument("--accelerator", choices=["cpu", "gpu"], default="cpu", help="Lightning's accelerator")
     args = parser.parse_args()
     if args.log_every % args.block or args.steps % (2 * args.block):
         parser.error(
@@ -148,8 +154,8 @@ def main() -> None:
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*LeafSpec.*")
     os.environ.setdefault("WANDB_SILENT", "true")
-    threads = torch.get_num_threads()
-    print(f"torch {torch.__version__}, Lightning {pl.__version__}, {platform.machine()}, {threads} threads")
+    device = torch.device("cuda" if args.accelerator == "gpu" else "cpu")
+    print(f"torch {torch.__version__}, Lightning {pl.__version__}, {describe(device)}")
     print(
         f"SparseAutoencoder(64, {args.hidden}, kwinners + sensitivity), batch 64, {args.steps} timed steps per run "
         f"in blocks of {args.block}, usage logged every {args.log_every} steps with the callbacks on"
@@ -159,7 +165,7 @@ def main() -> None:
     print("|---|---|---|---|---|")
     ratios, shares = [], []
     for run in range(args.runs):
-        off, on, hooks = one_run(args.steps, args.block, args.log_every, args.hidden, args.no_op)
+        off, on, hooks = one_run(args.steps, args.block, args.log_every, args.hidden, args.no_op, args.accelerator)
         ratios.append(on / off)
         shares.append(hooks / off)
         print(f"| {run + 1} | {off * 1e3:.2f} | {on * 1e3:.2f} | {on / off:.3f} | {hooks * 1e3:.3f} |", flush=True)

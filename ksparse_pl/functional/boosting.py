@@ -27,8 +27,16 @@ def boost_factors(duty_cycle: Tensor, target_density: Tensor | float, boost_stre
 
 
 def winner_counts(indices: Tensor, n: int) -> Tensor:
-    """How many times each of the ``n`` units appears in ``indices`` (any shape), as int64."""
-    return torch.bincount(indices.reshape(-1), minlength=n)
+    """How many times each of the ``n`` units appears in ``indices`` (any shape), as int64.
+
+    Example:
+        >>> import torch
+        >>> winner_counts(torch.tensor([[0, 2], [2, 3]]), 5)
+        tensor([1, 0, 2, 1, 0])
+    """
+    flat = indices.reshape(-1)
+    # Not torch.bincount: on a GPU it reads the largest index back to the host, waiting for the GPU every step.
+    return torch.zeros(n, dtype=torch.int64, device=flat.device).index_add_(0, flat, torch.ones_like(flat))
 
 
 def update_duty_cycle(

@@ -37,7 +37,8 @@ def _decay(idle: Tensor, tau: float) -> Tensor:
     kernels') and powers computed per unit (torch's path, other processes) give the same state.
     """
     wide = torch.float32 if idle.device.type == "mps" else torch.float64  # MPS has no float64
-    return torch.pow(torch.tensor(1.0 - 1.0 / tau, dtype=wide, device=idle.device), idle.to(wide)).float()
+    # A Python number as the base: a tensor made of it would be copied to a GPU, waiting for it, every step.
+    return torch.pow(1.0 - 1.0 / tau, idle.to(wide)).float()
 
 
 @functools.lru_cache(maxsize=16)
@@ -120,6 +121,8 @@ def _previous_selection(samples: Tensor, units: Tensor, n: int, batch_size: int)
         previous = previous_selection(samples, units, n)
         if previous is not None:  # None: the pairs are not in sample order
             return previous
+    if samples.numel() == 0:  # no pairs: the shifts below would leave one element where there is none
+        return samples.clone()
     order = torch.argsort(units * batch_size + samples)  # by unit, then by sample
     unit, sample = units[order], samples[order]
     before = torch.cat([sample.new_full((1,), -1), sample[:-1]])
@@ -140,7 +143,7 @@ def last_selected(samples: Tensor, units: Tensor, n: int) -> Tensor:
 
 def sensitivity_after(last: Tensor, batch_size: int | Tensor, sensitivity: Tensor, s_max: float, tau: float) -> Tensor:
     """``(n,)`` sensitivity after a batch of ``batch_size`` samples whose last selections are ``last``."""
-    return _since_last(last, torch.as_tensor(batch_size, device=last.device), sensitivity, s_max, tau)
+    return _since_last(last, batch_size, sensitivity, s_max, tau)
 
 
 def sensitivity_across(
@@ -174,7 +177,7 @@ def sensitivity_across(
     return start, final
 
 
-def _since_last(last: Tensor, now: Tensor, s_before: Tensor, s_max: float, tau: float) -> Tensor:
+def _since_last(last: Tensor, now: int | Tensor, s_before: Tensor, s_max: float, tau: float) -> Tensor:
     """Sensitivity at step ``now`` given the last selection step ``last`` (-1: none in this batch, so the
     idle run started from ``s_before`` at step 0)."""
     seen = last >= 0

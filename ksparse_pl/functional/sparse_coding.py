@@ -4,7 +4,7 @@ The encoder still needs its full forward matmul to find the winners; everything 
 k winners of each sample: the decoder sums k decoder rows per sample (an embedding bag), and the encoder's
 backward visits only the k selected rows of its weight. Gao et al. (2024) measured over 100x for the
 decode at M = 16384 on a 2-core CPU. On CPU float32 the kernels of :mod:`ksparse_pl.functional.native_rows`
-do the row work; elsewhere ``F.embedding_bag`` and ``torch.sparse.mm`` do.
+do the row work; elsewhere ``F.embedding_bag`` and ``index_add_`` do.
 """
 
 from __future__ import annotations
@@ -52,14 +52,13 @@ def _selected_rows_input_grad(weight: Tensor, indices: Tensor, grad: Tensor) -> 
 
 def _selected_rows_weight_grad(x: Tensor, indices: Tensor, grad: Tensor, m: int) -> Tensor:
     """The weight gradient of :class:`_SelectedRows`: ``G^T x`` for the (B, M) gradient ``G`` with k entries per
-    row, without building the (B*k, d) outer-product rows."""
+    row: row ``indices[b, j]`` gains ``grad[b, j] * x[b]``."""
     if native_serves(x, grad, indices=indices):
         return scatter_rows(x, indices, grad, m)
-    batch, k = indices.shape
-    flat = indices.reshape(-1)  # (B*k,)
-    samples = torch.arange(batch, device=flat.device).repeat_interleave(k)
-    grad_t = torch.sparse_coo_tensor(torch.stack([flat, samples]), grad.reshape(-1), (m, batch), check_invariants=False)
-    return torch.sparse.mm(grad_t, x)
+    # The (B*k, d) products added into their rows: on an H100 at d = 768, B = 256, k = 32 this took 0.09-0.14 ms
+    # at M = 4096-65536, where torch.sparse.mm of the (M, B) sparse gradient took 0.43-1.45 ms.
+    products = (grad.unsqueeze(-1) * x.unsqueeze(1)).reshape(-1, x.shape[1])
+    return x.new_zeros(m, x.shape[1]).index_add_(0, indices.reshape(-1), products)
 
 
 class _DecodeRows(torch.autograd.Function):

@@ -229,9 +229,10 @@ class SparseAutoencoder(pl.LightningModule):
         if self.sparse.relu:
             values = values.relu()
         recon = sparse_decode(values, indices, self._decoder_rows(), self._decoder_bias())
-        fired = torch.zeros(pre.shape[1], dtype=torch.bool, device=pre.device)
-        fired[indices[values.detach() != 0]] = True
-        return pre, recon, fired
+        # Counted rather than set through a boolean index, which waits for a GPU to know how many it selects.
+        nonzero = (values.detach() != 0).reshape(-1).int()
+        fired = torch.zeros(pre.shape[1], dtype=torch.int32, device=pre.device)
+        return pre, recon, fired.index_add_(0, indices.reshape(-1), nonzero) > 0
 
     def _decoder_rows(self) -> Tensor:
         """``(hidden_dim, input_dim)``: row j is unit j's decoding (without bias)."""
