@@ -73,7 +73,9 @@ class SparseAutoencoder(pl.LightningModule):
             decoder rows per sample and the encoder's backward visits only the k winning rows (Gao et al.);
             same loss, gradients and layer state as the dense path, far cheaper for wide codes. ``None``:
             on for top-k codes whose layer has at least ``SPARSE_PATH_MIN_WEIGHTS`` weights (below that the
-            dense path is as fast) when nothing needs the dense code (no ``dropout``, no ``penalty``).
+            dense path is as fast) when nothing needs the dense code (no ``dropout``, no ``penalty``). That
+            threshold was measured on a CPU: on an H100 the dense path was faster up to 16384 x 768 (README,
+            Performance), so on a GPU pass ``False`` for such layers.
             Validation, test, ``encode`` and ``decode`` stay dense.
         optimizer: builds the optimizer from the parameters (in configs: a ``class_path`` and ``init_args``).
 
