@@ -5,8 +5,9 @@
 
 One step = ``training_step`` (loss, layer state), backward and an Adam step, on a fixed batch; the two
 paths take turns over ``--rounds`` rounds and the ratio is the median of the rounds' ratios. The shapes
-run from the quickstart's to a wide code; where the sparse path starts to win sets the default of
-``SPARSE_PATH_MIN_WEIGHTS`` (the code layer's weight count from which ``sparse_path=None`` turns it on).
+run from the quickstart's to a wide code; where the sparse path starts to win sets ``SPARSE_PATH_MIN_WEIGHTS``
+(the code layer's weight count from which ``sparse_path=None`` takes it on a CPU; ``SPARSE_PATH_MIN_WEIGHTS_GPU``
+on a GPU). The last column is the path the default takes on the device.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import torch
 from _timing import describe, interleaved_ms, median_ratio
 
 from ksparse_pl.models import SparseAutoencoder
-from ksparse_pl.models.autoencoder import SPARSE_PATH_MIN_WEIGHTS
 
 # (input_dim, hidden_dim, k, batch)
 SHAPES = [(64, 256, 16, 64), (64, 1024, 32, 64), (768, 512, 32, 256), (784, 1000, 25, 128), (768, 4096, 32, 256)]
@@ -58,7 +58,7 @@ def main() -> None:
         }
         times = interleaved_ms(steps, args.rounds, args.repeats, args.device)
         dense, sparse = statistics.median(times["dense"]), statistics.median(times["sparse"])
-        default = "sparse" if input_dim * hidden_dim >= SPARSE_PATH_MIN_WEIGHTS else "dense"
+        default = "sparse" if SparseAutoencoder(input_dim, hidden_dim, k=k).trains_sparse(args.device) else "dense"
         print(
             f"| {input_dim} x {hidden_dim} | {k} | {batch} | {dense:.2f} | {sparse:.2f} | "
             f"{median_ratio(times, 'dense', 'sparse'):.2f} | "

@@ -127,6 +127,29 @@ def test_autoencoder_sparse_path_on_cuda_trains_like_the_dense_path(case: str) -
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, msg=name)
 
 
+def test_default_autoencoder_on_cuda_trains_the_dense_path_below_the_gpu_threshold() -> None:
+    """A default code layer of 2**18 weights takes the sparse path on a CPU (its decoder laid out for it) and the
+    dense one on a GPU: equal to a twin built with ``sparse_path=False`` (the dense layout)."""
+    torch.manual_seed(0)
+    default = SparseAutoencoder(64, 4096, k=16, auxk=64, dead_after=1)
+    dense = SparseAutoencoder(64, 4096, k=16, auxk=64, dead_after=1, sparse_path=False)
+    dense.load_state_dict(default.state_dict())
+    assert default.sparse_path and not default.trains_sparse(torch.device("cuda"))
+    batches = [torch.randn(8, 64, device="cuda") for _ in range(3)]
+    for model in (default.cuda(), dense.cuda()):
+        model.log = lambda *args, **kwargs: None  # type: ignore[method-assign]
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        for index, batch in enumerate(batches):
+            model.training_step(batch, index).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    for (name, want), (_, got) in zip(dense.state_dict().items(), default.state_dict().items(), strict=True):
+        if isinstance(want, dict):
+            assert got == want, name
+        else:
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, msg=name)
+
+
 class StateDevices(pl.Callback):
     """Where the sparse layer's state is in training: Lightning moves the model back to the CPU after ``fit``."""
 

@@ -72,11 +72,10 @@ class SparseAutoencoder(pl.LightningModule):
         sparse_path: train without the dense ``(B, hidden_dim)`` code: the decoder sums the k winners'
             decoder rows per sample and the encoder's backward visits only the k winning rows (Gao et al.);
             same loss, gradients and layer state as the dense path, far cheaper for wide codes. ``None``:
-            on for top-k codes whose layer has at least ``SPARSE_PATH_MIN_WEIGHTS`` weights (below that the
-            dense path is as fast) when nothing needs the dense code (no ``dropout``, no ``penalty``). That
-            threshold was measured on a CPU: on an H100 the dense path was faster up to 16384 x 768 (README,
-            Performance), so on a GPU pass ``False`` for such layers.
-            Validation, test, ``encode`` and ``decode`` stay dense.
+            on for top-k codes when nothing needs the dense code (no ``dropout``, no ``penalty``) and the code
+            layer has at least ``SPARSE_PATH_MIN_WEIGHTS`` weights on a CPU, ``SPARSE_PATH_MIN_WEIGHTS_GPU`` on
+            a GPU (below them the dense path was as fast or faster); :meth:`trains_sparse` tells for a device.
+            ``True`` takes it on every device. Validation, test, ``encode`` and ``decode`` stay dense.
         optimizer: builds the optimizer from the parameters (in configs: a ``class_path`` and ``init_args``).
 
     Example:
@@ -135,7 +134,10 @@ class SparseAutoencoder(pl.LightningModule):
         self.encoder = nn.Linear(widths[-1], hidden_dim)
         self.sparse = _code_activation(activation, hidden_dim, k, self.hparams)
         self.code_dropout = nn.Dropout(dropout)
-        self.sparse_path = _resolve_sparse_path(sparse_path, activation, hidden_dim * widths[-1], dropout, penalty)
+        code_weights = hidden_dim * widths[-1]
+        # Whether the sparse path may be taken: the decoder is then laid out for it, on every device.
+        self.sparse_path = _resolve_sparse_path(sparse_path, activation, code_weights, dropout, penalty)
+        self._sparse_on_gpu = self.sparse_path and (sparse_path is True or code_weights >= SPARSE_PATH_MIN_WEIGHTS_GPU)
         # A tied decoder is the code layer's weight transposed with a bias of its own; an untied one is a Linear
         # layer (so initializers and LSUV see it) that starts as the encoder's transpose (Gao et al.).
         self.decoder: nn.Linear | None = None
@@ -192,10 +194,21 @@ class SparseAutoencoder(pl.LightningModule):
     def forward(self, x: Tensor) -> Tensor:
         return self.decode(self.encode(x)).view(x.shape)
 
+    def trains_sparse(self, device: torch.device) -> bool:
+        """Whether a training step on ``device`` takes the sparse path (see ``sparse_path``).
+
+        Example:
+            >>> model = SparseAutoencoder(input_dim=64, hidden_dim=4096, k=32)  # 2**18 code-layer weights
+            >>> model.trains_sparse(torch.device("cpu")), model.trains_sparse(torch.device("cuda"))
+            (True, False)
+        """
+        return self.sparse_path if device.type == "cpu" else self._sparse_on_gpu
+
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         x = self._flat(inputs_of(batch))
         features = self.trunk(x)
-        if self.sparse_path:
+        sparse = self.trains_sparse(x.device)
+        if sparse:
             pre, recon, fired = self._sparse_reconstruction(features)
         else:
             pre = self.encoder(features)
@@ -213,7 +226,7 @@ class SparseAutoencoder(pl.LightningModule):
             fired, samples = _fired_in_global_batch(fired, len(x))
             self.idle_samples = torch.where(fired, 0, self.idle_samples + samples)
         if hp.auxk > 0:
-            auxk = self._auxk_loss(x - recon.detach(), pre, features)
+            auxk = self._auxk_loss(x - recon.detach(), pre, features, sparse)
             self.log("train/auxk", auxk)
             loss = loss + hp.auxk_coefficient * auxk
         return loss
@@ -245,7 +258,7 @@ class SparseAutoencoder(pl.LightningModule):
         assert bias is not None
         return bias
 
-    def _auxk_loss(self, residual: Tensor, pre: Tensor, features: Tensor) -> Tensor:
+    def _auxk_loss(self, residual: Tensor, pre: Tensor, features: Tensor, sparse: bool) -> Tensor:
         """Gao et al.: the top dead units alone reconstruct the residual, normalized by its variance.
 
         Under DDP the normalizer is the global batch's and the loss is this rank's share times the number of
@@ -256,7 +269,7 @@ class SparseAutoencoder(pl.LightningModule):
         if k_aux == 0:
             return pre.new_zeros(())
         indices = pre.detach().masked_fill(~dead, float("-inf")).topk(k_aux, dim=1).indices
-        if self.sparse_path:
+        if sparse:
             values = encode_at(features, self.encoder.weight, self.encoder.bias, indices, pre).relu()
             reconstruction = sparse_decode(values, indices, self._decoder_rows())
         else:
@@ -337,6 +350,12 @@ SPARSE_PATH_MIN_WEIGHTS = 2**18
 
 ``benchmarks/bench_autoencoder_paths.py`` on a 2-core CPU, the dense step's time over the sparse one's: 0.99 at
 64 x 256, 1.15 at 64 x 1024, 1.48-1.79 at 768 x 512, 784 x 1000 and 768 x 4096 (README, Performance).
+"""
+
+SPARSE_PATH_MIN_WEIGHTS_GPU = 2**25
+"""The same on a GPU (any device but the CPU). On an NVIDIA H100 (README, Performance) the dense step was faster at
+every shape of ``benchmarks/bench_autoencoder_paths.py`` (up to 768 x 4096) and at 16384 x 768 (2^23.6 weights) in
+``benchmarks/bench_sparse_autoencoder.py``, the sparse one at 65536 x 768 (2^25.6); no width between was measured.
 """
 
 

@@ -47,7 +47,8 @@ def test_auxk_trains_dead_units_only(sparse_path: bool) -> None:
     dead = ~(code != 0).any(0)
     model.idle_samples.fill_(5)
     model.idle_samples[~dead] = 0
-    loss = model._auxk_loss(x - model.decode(code), model.preactivation(x), x)  # linear encoder: features = x
+    # linear encoder: features = x
+    loss = model._auxk_loss(x - model.decode(code), model.preactivation(x), x, model.trains_sparse(x.device))
     assert loss.item() > 0
     loss.backward()
     grad_rows = model.encoder.weight.grad.abs().sum(dim=1)

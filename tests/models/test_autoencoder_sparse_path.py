@@ -10,7 +10,7 @@ from quiet_trainer import quiet_trainer
 
 from ksparse_pl.data import ArrayDataModule
 from ksparse_pl.models import SparseAutoencoder
-from ksparse_pl.models.autoencoder import SPARSE_PATH_MIN_WEIGHTS
+from ksparse_pl.models.autoencoder import SPARSE_PATH_MIN_WEIGHTS, SPARSE_PATH_MIN_WEIGHTS_GPU
 
 CASES = {
     "ksparse": {"k": 4},
@@ -60,6 +60,23 @@ def test_sparse_path_trains_like_the_dense_path(case: str) -> None:
             assert torch.equal(actual, expected), name
 
 
+@pytest.mark.parametrize("case", ["ksparse", "AuxK"])
+def test_dense_path_through_the_sparse_paths_decoder_layout_trains_alike(case: str) -> None:
+    """What a default model below the GPU's threshold does on a GPU (decoder laid out for the sparse path, dense
+    steps), here on the CPU by turning the sparse path off after the layout is chosen."""
+    dense, transposed = twins(CASES[case])
+    transposed.sparse_path = False
+    assert transposed.decoder is not None and transposed.decoder.weight.t().is_contiguous()
+    torch.manual_seed(1)
+    batches = [torch.randn(8, 16) for _ in range(4)]
+    assert train(transposed, batches) == pytest.approx(train(dense, batches), rel=1e-5, abs=1e-6)
+    for (name, expected), (_, actual) in zip(dense.state_dict().items(), transposed.state_dict().items(), strict=True):
+        if isinstance(expected, dict):
+            assert actual == expected, name
+        else:
+            torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5, msg=name)
+
+
 def test_auxk_case_really_has_dead_units() -> None:
     _, sparse = twins(CASES["AuxK"])
     train(sparse, [torch.randn(8, 16) for _ in range(3)])
@@ -100,6 +117,19 @@ def test_default_turns_on_for_large_top_k_code_layers_only() -> None:
     assert SparseAutoencoder(8, width, k=4, encoder_hidden=[64]).sparse_path  # the code layer's fan-in counts
     assert not SparseAutoencoder(64, width, k=4, dropout=0.1).sparse_path
     assert not SparseAutoencoder(64, width, activation="relu").sparse_path
+
+
+def test_default_on_a_gpu_turns_on_from_its_own_threshold() -> None:
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")  # a device to decide for; nothing runs on it
+    mid = SparseAutoencoder(64, SPARSE_PATH_MIN_WEIGHTS // 64, k=4)
+    assert mid.sparse_path and mid.trains_sparse(cpu) and not mid.trains_sparse(gpu)
+    assert SparseAutoencoder(64, SPARSE_PATH_MIN_WEIGHTS // 64, k=4, sparse_path=True).trains_sparse(gpu)
+    assert not SparseAutoencoder(64, 4096, k=4, sparse_path=False).trains_sparse(cpu)
+    with torch.device("meta"):  # the GPU's threshold is 2**25 weights: built without memory
+        width = SPARSE_PATH_MIN_WEIGHTS_GPU // 1024
+        assert SparseAutoencoder(1024, width, k=4).trains_sparse(gpu)
+        assert not SparseAutoencoder(1024, width - 1, k=4).trains_sparse(gpu)
+        assert not SparseAutoencoder(1024, width, k=4, dropout=0.1).trains_sparse(gpu)
 
 
 @pytest.mark.parametrize(
