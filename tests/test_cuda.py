@@ -112,19 +112,7 @@ def test_autoencoder_sparse_path_on_cuda_trains_like_the_dense_path(case: str) -
     dense = SparseAutoencoder(16, 40, sparse_path=False, dead_after=1, **options).cuda()
     sparse = SparseAutoencoder(16, 40, sparse_path=True, dead_after=1, **options).cuda()
     sparse.load_state_dict(dense.state_dict())
-    batches = [torch.randn(8, 16, device="cuda") for _ in range(4)]
-    for model in (dense, sparse):
-        model.log = lambda *args, **kwargs: None  # type: ignore[method-assign]
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-        for index, batch in enumerate(batches):
-            model.training_step(batch, index).backward()
-            optimizer.step()
-            optimizer.zero_grad()
-    for (name, want), (_, got) in zip(dense.state_dict().items(), sparse.state_dict().items(), strict=True):
-        if isinstance(want, dict):
-            assert got == want, name
-        else:
-            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, msg=name)
+    assert_trained_alike(dense, sparse, [torch.randn(8, 16, device="cuda") for _ in range(4)])
 
 
 def test_default_autoencoder_on_cuda_trains_the_dense_path_below_the_gpu_threshold() -> None:
@@ -135,15 +123,19 @@ def test_default_autoencoder_on_cuda_trains_the_dense_path_below_the_gpu_thresho
     dense = SparseAutoencoder(64, 4096, k=16, auxk=64, dead_after=1, sparse_path=False)
     dense.load_state_dict(default.state_dict())
     assert default.sparse_path and not default.trains_sparse(torch.device("cuda"))
-    batches = [torch.randn(8, 64, device="cuda") for _ in range(3)]
-    for model in (default.cuda(), dense.cuda()):
-        model.log = lambda *args, **kwargs: None  # type: ignore[method-assign]
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    assert_trained_alike(dense.cuda(), default.cuda(), [torch.randn(8, 64, device="cuda") for _ in range(3)])
+
+
+def assert_trained_alike(reference: SparseAutoencoder, model: SparseAutoencoder, batches: list[torch.Tensor]) -> None:
+    """Train both from the same state on ``batches`` (SGD with momentum): the same parameters and layer state."""
+    for each in (reference, model):
+        each.log = lambda *args, **kwargs: None  # type: ignore[method-assign]
+        optimizer = torch.optim.SGD(each.parameters(), lr=0.1, momentum=0.9)
         for index, batch in enumerate(batches):
-            model.training_step(batch, index).backward()
+            each.training_step(batch, index).backward()
             optimizer.step()
             optimizer.zero_grad()
-    for (name, want), (_, got) in zip(dense.state_dict().items(), default.state_dict().items(), strict=True):
+    for (name, want), (_, got) in zip(reference.state_dict().items(), model.state_dict().items(), strict=True):
         if isinstance(want, dict):
             assert got == want, name
         else:

@@ -51,7 +51,13 @@ def test_sparse_path_trains_like_the_dense_path(case: str) -> None:
     torch.manual_seed(1)
     batches = [torch.randn(8, 16) for _ in range(4)]
     assert train(sparse, batches) == pytest.approx(train(dense, batches), rel=1e-5, abs=1e-6)
-    for (name, expected), (_, actual) in zip(dense.state_dict().items(), sparse.state_dict().items(), strict=True):
+    assert_same_state(dense, sparse)
+
+
+def assert_same_state(expected_model: SparseAutoencoder, model: SparseAutoencoder) -> None:
+    for (name, expected), (_, actual) in zip(
+        expected_model.state_dict().items(), model.state_dict().items(), strict=True
+    ):
         if isinstance(expected, dict):  # a layer's extra state
             assert actual == expected, name
         elif expected.is_floating_point():
@@ -70,11 +76,7 @@ def test_dense_path_through_the_sparse_paths_decoder_layout_trains_alike(case: s
     torch.manual_seed(1)
     batches = [torch.randn(8, 16) for _ in range(4)]
     assert train(transposed, batches) == pytest.approx(train(dense, batches), rel=1e-5, abs=1e-6)
-    for (name, expected), (_, actual) in zip(dense.state_dict().items(), transposed.state_dict().items(), strict=True):
-        if isinstance(expected, dict):
-            assert actual == expected, name
-        else:
-            torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5, msg=name)
+    assert_same_state(dense, transposed)
 
 
 def test_auxk_case_really_has_dead_units() -> None:
