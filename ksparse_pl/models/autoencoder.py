@@ -137,7 +137,7 @@ class SparseAutoencoder(pl.LightningModule):
         code_weights = hidden_dim * widths[-1]
         # Whether the sparse path may be taken: the decoder is then laid out for it, on every device.
         self.sparse_path = _resolve_sparse_path(sparse_path, activation, code_weights, dropout, penalty)
-        self._sparse_on_gpu = self.sparse_path and (sparse_path is True or code_weights >= SPARSE_PATH_MIN_WEIGHTS_GPU)
+        self._sparse_path_on_gpu = sparse_path is True or code_weights >= SPARSE_PATH_MIN_WEIGHTS_GPU
         # A tied decoder is the code layer's weight transposed with a bias of its own; an untied one is a Linear
         # layer (so initializers and LSUV see it) that starts as the encoder's transpose (Gao et al.).
         self.decoder: nn.Linear | None = None
@@ -202,7 +202,7 @@ class SparseAutoencoder(pl.LightningModule):
             >>> model.trains_sparse(torch.device("cpu")), model.trains_sparse(torch.device("cuda"))
             (True, False)
         """
-        return self.sparse_path if device.type == "cpu" else self._sparse_on_gpu
+        return self.sparse_path and (device.type == "cpu" or self._sparse_path_on_gpu)
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         x = self._flat(inputs_of(batch))
