@@ -179,6 +179,23 @@ def test_every_instruction_set_gives_the_reference_winners_output_bits_and_gradi
         assert torch.equal(counts, mask.sum(0))
 
 
+@pytest.mark.parametrize("relu", [False, True])
+def test_win_counts_over_hundreds_of_rows_count_every_win(kernel_width: str, relu: bool) -> None:
+    # More rows per thread than a byte counts (the AVX-512 kernels count the wins from the bits, 255 rows at a time),
+    # a unit that wins in every row, rows that end inside a vector of bits, rows of ties, and rows whose winners
+    # relu stops (no bit for them).
+    torch.manual_seed(5)
+    x = torch.randn(1200, 1000)
+    x[1::11] = torch.randint(0, 3, (len(range(1, 1200, 11)), 1000)).float()
+    x[2::7] -= 10.0
+    x[:, 3] = 100.0
+    winners = reference_winners(x, 50)
+    result = select_rows(x, 50, output=True, relu=relu, counts=True)
+    assert torch.equal(result.indices, winners)
+    assert result.counts[3] == 1200
+    assert torch.equal(result.counts, torch.bincount(winners.reshape(-1), minlength=1000))
+
+
 def test_a_width_that_is_not_an_instruction_set_is_refused(monkeypatch) -> None:
     with pytest.raises(ValueError, match=r"`widest` in \('portable', 'avx2', 'avx512'\), but got 'sse9'"):
         use_widest_kernels("sse9")
