@@ -332,6 +332,26 @@ static void take_bits_scaled_portable(const float *src, const uint8_t *bits, con
     }
 }
 
+/* counts[c] += how many of the rows of bits (each (n + 7) / 8 bytes) have bit c set: the win counts, as a row's
+ * bits are its winners (less, with relu, those with x <= 0, which select_slice adds).  Byte counters for chunk
+ * bytes of columns at a time (at most 64: 512 columns), 255 rows a block: add(sums, bits, rows, bytes, width)
+ * adds width bytes (at most chunk) of each of the rows of bits, each `bytes` apart, into the counters, then
+ * stores them to sums.  At 5-25% active the kernel took 0.86-0.97 of its time with the k increments per row
+ * scattered over the n counts, and as long at 1-2% (hence select_slice's rule). */
+INLINE void count_bits_body(const uint8_t *bits, int64_t rows, int64_t n, int64_t *counts, int64_t chunk,
+                            void (*add)(uint8_t *, const uint8_t *, int64_t, int64_t, int64_t)) {
+    int64_t bytes = (n + 7) / 8;
+    for (int64_t from = 0; from < bytes; from += chunk) {
+        int64_t width = bytes - from < chunk ? bytes - from : chunk;
+        int64_t columns = n - 8 * from < 8 * chunk ? n - 8 * from : 8 * chunk;
+        for (int64_t r = 0; r < rows; r += 255) {
+            uint8_t sums[512];
+            add(sums, bits + r * bytes + from, rows - r < 255 ? rows - r : 255, bytes, width);
+            for (int64_t c = 0; c < columns; c++) counts[8 * from + c] += sums[c];
+        }
+    }
+}
+
 /* ---------------------------------------------------------------- AVX2 kernels (chosen at run time) */
 #ifdef KSPARSE_X86
 /* ksparse_init takes these only where the CPU has all three. */
@@ -603,6 +623,35 @@ AVX2 static void take_bits_scaled_avx2(const float *src, const uint8_t *bits, co
         for (; i < end; i++) dst[i] = (bits[i / 8] >> (i % 8)) & 1 ? src[i] * factors[start / group] : 0.0f;
     }
 }
+/* A row's 32 bits of 32 columns to 32 bytes, 0xFF where set: each byte copied to 8 lanes, then its own bit tested. */
+AVX2 INLINE __m256i bytes_of_bits(uint32_t set) {
+    const __m256i spread = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3,
+                                            3, 3, 3, 3, 3, 3);
+    const __m256i bit = _mm256_set1_epi64x((int64_t)0x8040201008040201);
+    __m256i b = _mm256_shuffle_epi8(_mm256_set1_epi32((int32_t)set), spread);
+    return _mm256_cmpeq_epi8(_mm256_and_si256(b, bit), bit);
+}
+
+/* count_bits_body's add for 256 columns: a shuffle, an AND, a compare and a subtraction per 32 columns a row. */
+AVX2 INLINE void add_rows256(uint8_t *sums, const uint8_t *bits, int64_t rows, int64_t bytes, int64_t width) {
+    __m256i counters[8];
+    for (int q = 0; q < 8; q++) counters[q] = _mm256_setzero_si256();
+    for (int64_t r = 0; r < rows; r++) {
+        uint32_t set[8] = {0};
+        memcpy(set, bits + r * bytes, width); /* a constant 32 but in the last chunk of a row */
+        for (int q = 0; q < 8; q++) counters[q] = _mm256_sub_epi8(counters[q], bytes_of_bits(set[q]));
+    }
+    for (int q = 0; q < 8; q++) _mm256_storeu_si256((__m256i *)(sums + 32 * q), counters[q]);
+}
+
+AVX2 static void add_bit_rows256(uint8_t *sums, const uint8_t *bits, int64_t rows, int64_t bytes, int64_t width) {
+    if (width == 32) add_rows256(sums, bits, rows, bytes, 32);
+    else add_rows256(sums, bits, rows, bytes, width);
+}
+
+AVX2 static void count_bits_avx2(const uint8_t *bits, int64_t rows, int64_t n, int64_t *counts) {
+    count_bits_body(bits, rows, n, counts, 32, add_bit_rows256);
+}
 #endif
 
 /* ---------------------------------------------------------------- AVX-512 kernels (chosen at run time)
@@ -759,39 +808,29 @@ AVX512 static void keep_at_least_avx512(const float *s, const float *x, float kt
     else output_row512(s, x, kth, 0, 1, n, dst, bits, hits);
 }
 
-/* The rows of bits (each `bytes` apart) added into 512 byte counters, width bytes (at most 64) of each row: a
- * masked byte add per 64 columns. */
 #define AVX512BW __attribute__((target("avx512f,avx512bw,popcnt")))
-AVX512BW INLINE void add_bit_rows(__m512i *counters, const uint8_t *bits, int64_t rows, int64_t bytes, int64_t width) {
+/* count_bits_body's add for 512 columns: a masked byte add per 64 columns a row. */
+AVX512BW INLINE void add_rows512(uint8_t *sums, const uint8_t *bits, int64_t rows, int64_t bytes, int64_t width) {
     const __m512i one = _mm512_set1_epi8(1);
     __mmask64 lanes = width >= 64 ? ~(__mmask64)0 : ((__mmask64)1 << width) - 1;
+    __m512i counters[8];
+    for (int q = 0; q < 8; q++) counters[q] = _mm512_setzero_si512();
     for (int64_t r = 0; r < rows; r++) {
         uint64_t set[8];
         if (width == 64) memcpy(set, bits + r * bytes, sizeof set);
         else _mm512_storeu_si512((void *)set, _mm512_maskz_loadu_epi8(lanes, bits + r * bytes)); /* not past the row */
         for (int q = 0; q < 8; q++) counters[q] = _mm512_mask_add_epi8(counters[q], set[q], counters[q], one);
     }
+    for (int q = 0; q < 8; q++) _mm512_storeu_si512((void *)(sums + 64 * q), counters[q]);
 }
 
-/* counts[c] += how many of the rows of bits (each (n + 7) / 8 bytes) have bit c set: the win counts, as a row's
- * bits are its winners (less, with relu, those with x <= 0, which select_slice adds).  512 columns at a time in
- * byte counters (up to 255 rows): at 5-25% active the kernel took 0.86-0.95 of its time with the k increments per
- * row scattered over the n counts (and as long at 1%, hence select_slice's rule). */
+AVX512BW static void add_bit_rows512(uint8_t *sums, const uint8_t *bits, int64_t rows, int64_t bytes, int64_t width) {
+    if (width == 64) add_rows512(sums, bits, rows, bytes, 64);
+    else add_rows512(sums, bits, rows, bytes, width);
+}
+
 AVX512BW static void count_bits_avx512(const uint8_t *bits, int64_t rows, int64_t n, int64_t *counts) {
-    int64_t bytes = (n + 7) / 8;
-    for (int64_t from = 0; from < bytes; from += 64) {
-        int64_t width = bytes - from < 64 ? bytes - from : 64, columns = n - 8 * from < 512 ? n - 8 * from : 512;
-        for (int64_t r = 0; r < rows; r += 255) {
-            int64_t block = rows - r < 255 ? rows - r : 255;
-            __m512i counters[8];
-            for (int q = 0; q < 8; q++) counters[q] = _mm512_setzero_si512();
-            if (width == 64) add_bit_rows(counters, bits + r * bytes + from, block, bytes, 64);
-            else add_bit_rows(counters, bits + r * bytes + from, block, bytes, width);
-            uint8_t sums[512];
-            for (int q = 0; q < 8; q++) _mm512_storeu_si512((void *)(sums + 64 * q), counters[q]);
-            for (int64_t c = 0; c < columns; c++) counts[8 * from + c] += sums[c];
-        }
-    }
+    count_bits_body(bits, rows, n, counts, 64, add_bit_rows512);
 }
 
 AVX512 static void take_bits_avx512(const float *src, const uint8_t *bits, int64_t n, float *dst) {
@@ -855,6 +894,7 @@ int ksparse_init(int most) {
     keep_at_least = keep_at_least_avx2;
     take_bits = take_bits_avx2;
     take_bits_scaled = take_bits_scaled_avx2;
+    count_bits = count_bits_avx2;
     /* AVX-512 only where VBMI2 marks a CPU that keeps its clock under 512-bit code (Intel Ice Lake on, AMD Zen 4 on):
      * Skylake and Cascade Lake servers slow down, and with them the rest of a training step. */
     if (most < 2 || !__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512vbmi2")) return 1;
@@ -1163,10 +1203,10 @@ static void *select_slice(void *arg) {
     int32_t *hits = (int32_t *)(own_idx + (job->indices ? 0 : k));
     if (job->counts) memset(counts, 0, n * sizeof(int64_t));
     if (job->keep_ties) memset(hits, 0, n * sizeof(int32_t));
-    /* The win counts from the bits where count_bits serves (AVX-512) and there is a winner per 64 columns or more
-     * (it is the faster then); not for boosted or |x| scores with relu, where any winner may lack its bit and adding
-     * those back costs what the increments do.  With relu on x itself, only rows with a threshold <= 0 may. */
-    int from_bits = job->counts && job->dst && !job->keep_ties && count_bits && k * 64 >= n && !(scored && job->relu);
+    /* The win counts from the bits where count_bits serves (AVX2, AVX-512) and there is a winner per 32 columns or
+     * more (it is the faster then); not for boosted or |x| scores with relu, where any winner may lack its bit and
+     * adding those back costs what the increments do.  With relu on x itself, only rows with a threshold <= 0 may. */
+    int from_bits = job->counts && job->dst && !job->keep_ties && count_bits && k * 32 >= n && !(scored && job->relu);
     for (int64_t row = sl->begin; row < sl->end; row++) {
         const float *x = job->x + row * n, *s = x;
         int64_t *idx = job->indices ? job->indices + row * k : own_idx;
