@@ -623,6 +623,7 @@ AVX2 static void take_bits_scaled_avx2(const float *src, const uint8_t *bits, co
         for (; i < end; i++) dst[i] = (bits[i / 8] >> (i % 8)) & 1 ? src[i] * factors[start / group] : 0.0f;
     }
 }
+
 /* A row's 32 bits of 32 columns to 32 bytes, 0xFF where set: each byte copied to 8 lanes, then its own bit tested. */
 AVX2 INLINE __m256i bytes_of_bits(uint32_t set) {
     const __m256i spread = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3,
@@ -808,7 +809,9 @@ AVX512 static void keep_at_least_avx512(const float *s, const float *x, float kt
     else output_row512(s, x, kth, 0, 1, n, dst, bits, hits);
 }
 
+/* For the byte operations; ksparse_init takes the kernels that use them only where the CPU has them. */
 #define AVX512BW __attribute__((target("avx512f,avx512bw,popcnt")))
+
 /* count_bits_body's add for 512 columns: a masked byte add per 64 columns a row. */
 AVX512BW INLINE void add_rows512(uint8_t *sums, const uint8_t *bits, int64_t rows, int64_t bytes, int64_t width) {
     const __m512i one = _mm512_set1_epi8(1);
