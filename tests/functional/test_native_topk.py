@@ -181,9 +181,9 @@ def test_every_instruction_set_gives_the_reference_winners_output_bits_and_gradi
 
 @pytest.mark.parametrize("relu", [False, True])
 def test_win_counts_over_hundreds_of_rows_count_every_win(kernel_width: str, relu: bool) -> None:
-    # More rows per thread than a byte counts (the AVX-512 kernels count the wins from the bits, 255 rows at a time),
-    # a unit that wins in every row, rows that end inside a vector of bits, rows of ties, and rows whose winners
-    # relu stops (no bit for them).
+    # More rows per thread than a byte counts (the AVX2 and AVX-512 kernels count the wins from the bits, 255 rows
+    # at a time), a unit that wins in every row, rows that end inside a vector of bits, rows of ties, and rows whose
+    # winners relu stops (no bit for them); in select_rows and in threshold mode.
     torch.manual_seed(5)
     x = torch.randn(1200, 1000)
     x[1::11] = torch.randint(0, 3, (len(range(1, 1200, 11)), 1000)).float()
@@ -194,6 +194,8 @@ def test_win_counts_over_hundreds_of_rows_count_every_win(kernel_width: str, rel
     assert torch.equal(result.indices, winners)
     assert result.counts[3] == 1200
     assert torch.equal(result.counts, torch.bincount(winners.reshape(-1), minlength=1000))
+    _, _, kept = keep_at_least_rows(x, 50, relu=relu, counts=True)  # threshold mode: the ties kept count too
+    assert torch.equal(kept, threshold_mask(x, 50).sum(0))
 
 
 def test_a_width_that_is_not_an_instruction_set_is_refused(monkeypatch) -> None:

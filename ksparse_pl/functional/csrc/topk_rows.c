@@ -233,18 +233,19 @@ static void keep_at_least_one_by_one(const float *s, const float *x, float kth, 
         dst[i] = kept ? v : 0.0f;
         if (i % 8 == 0) bits[i / 8] = 0;
         bits[i / 8] |= (uint8_t)((kept && (!relu || !(x[i] <= 0.0f))) << (i % 8));
-        hits[i] += kept;
+        if (hits) hits[i] += kept;
     }
 }
 
 /* One vector of the output passes: x (ReLU'd if relu) where the score wins, 0 elsewhere, to dst; returns where the
- * gradient passes.  A score wins at s >= t, or with keep_ties where not s < t, and then also counts in hits. */
+ * gradient passes.  A score wins at s >= t, or with keep_ties where not s < t, and then also counts in hits (unless
+ * NULL, as always without keep_ties). */
 static inline i32x4 output4(const float *s, const float *x, f32x4 tv, int relu, int keep_ties, float *dst,
                             int32_t *hits) {
     f32x4 v = load4(x), zero = {0.0f, 0.0f, 0.0f, 0.0f}, score = load4(s);
     i32x4 won = keep_ties ? ~(score < tv) : score >= tv;
     store4(dst, keep4(v, relu ? won & ~(v < zero) : won));
-    if (keep_ties) {
+    if (hits) {
         i32x4 h;
         memcpy(&h, hits, sizeof h);
         h -= won;
@@ -258,8 +259,8 @@ INLINE void output_by_vectors(const float *s, const float *x, float t, int relu,
                               uint8_t *bits, int32_t *hits) {
     f32x4 tv = {t, t, t, t};
     for (int64_t i = 0; i < n - n % 8; i += 8) {
-        i32x4 low = output4(s + i, x + i, tv, relu, keep_ties, dst + i, keep_ties ? hits + i : NULL);
-        i32x4 high = output4(s + i + 4, x + i + 4, tv, relu, keep_ties, dst + i + 4, keep_ties ? hits + i + 4 : NULL);
+        i32x4 low = output4(s + i, x + i, tv, relu, keep_ties, dst + i, hits ? hits + i : NULL);
+        i32x4 high = output4(s + i + 4, x + i + 4, tv, relu, keep_ties, dst + i + 4, hits ? hits + i + 4 : NULL);
         bits[i / 8] = (uint8_t)bits8(low, high);
     }
 }
@@ -278,13 +279,17 @@ static void write_above_portable(const float *s, const float *x, float t, int re
 
 /* Threshold mode's output of a row: x (ReLU'd if relu) where the score is not below kth (a NaN score, or a NaN
  * kth, is kept), 0 elsewhere; bit i of bits (one byte per 8 scores) set where the gradient passes (kept, and
- * with relu not x <= 0: as torch's ReLU, a NaN passes it); hits[i] incremented where kept. */
+ * with relu not x <= 0: as torch's ReLU, a NaN passes it); hits[i] incremented where kept, unless hits is NULL
+ * (each case its own loop). */
 static void keep_at_least_portable(const float *s, const float *x, float kth, int relu, int64_t n, float *dst,
                                    uint8_t *bits, int32_t *hits) {
-    if (relu) output_by_vectors(s, x, kth, 1, 1, n, dst, bits, hits);
-    else output_by_vectors(s, x, kth, 0, 1, n, dst, bits, hits);
+    if (relu && hits) output_by_vectors(s, x, kth, 1, 1, n, dst, bits, hits);
+    else if (relu) output_by_vectors(s, x, kth, 1, 1, n, dst, bits, NULL);
+    else if (hits) output_by_vectors(s, x, kth, 0, 1, n, dst, bits, hits);
+    else output_by_vectors(s, x, kth, 0, 1, n, dst, bits, NULL);
     int64_t body = n - n % 8;
-    keep_at_least_one_by_one(s + body, x + body, kth, relu, n - body, dst + body, bits + body / 8, hits + body);
+    keep_at_least_one_by_one(s + body, x + body, kth, relu, n - body, dst + body, bits + body / 8,
+                             hits ? hits + body : NULL);
 }
 
 /* The lanes of two vectors whose bits are set in the 8 bits of set, the first's lowest. */
@@ -548,7 +553,7 @@ AVX2 INLINE unsigned output8(const float *s, const float *x, __m256 tv, int relu
     __m256 passes = relu ? _mm256_and_ps(won, _mm256_cmp_ps(v, zero, _CMP_NLE_UQ)) : won;
     if (relu) v = _mm256_max_ps(zero, v);
     _mm256_storeu_ps(dst, _mm256_and_ps(won, v));
-    if (keep_ties) {
+    if (hits) {
         __m256i h = _mm256_loadu_si256((const __m256i *)hits); /* a winning lane is -1 */
         _mm256_storeu_si256((__m256i *)hits, _mm256_sub_epi32(h, _mm256_castps_si256(won)));
     }
@@ -565,12 +570,12 @@ AVX2 INLINE void output_body(const float *s, const float *x, float t, int relu, 
     for (int64_t i = 0; i < words; i += 32) {
         uint32_t word = 0;
         for (int j = 0; j < 32; j += 8)
-            word |= output8(s + i + j, x + i + j, tv, relu, keep_ties, dst + i + j, keep_ties ? hits + i + j : NULL)
+            word |= output8(s + i + j, x + i + j, tv, relu, keep_ties, dst + i + j, hits ? hits + i + j : NULL)
                     << j;
         memcpy(bits + i / 8, &word, sizeof word);
     }
     for (int64_t i = words; i < n - n % 8; i += 8)
-        bits[i / 8] = (uint8_t)output8(s + i, x + i, tv, relu, keep_ties, dst + i, keep_ties ? hits + i : NULL);
+        bits[i / 8] = (uint8_t)output8(s + i, x + i, tv, relu, keep_ties, dst + i, hits ? hits + i : NULL);
 }
 
 /* write_above_portable (the tail starts at a multiple of 8, so at a whole byte). */
@@ -589,11 +594,14 @@ AVX2 static void write_above_avx2(const float *s, const float *x, float t, int r
 /* keep_at_least_portable (the tail starts at a multiple of 8, so at a whole byte). */
 AVX2 static void keep_at_least_avx2(const float *s, const float *x, float kth, int relu, int64_t n, float *dst,
                                     uint8_t *bits, int32_t *hits) {
-    if (relu) output_body(s, x, kth, 1, 1, n, dst, bits, hits);
-    else output_body(s, x, kth, 0, 1, n, dst, bits, hits);
+    if (relu && hits) output_body(s, x, kth, 1, 1, n, dst, bits, hits);
+    else if (relu) output_body(s, x, kth, 1, 1, n, dst, bits, NULL);
+    else if (hits) output_body(s, x, kth, 0, 1, n, dst, bits, hits);
+    else output_body(s, x, kth, 0, 1, n, dst, bits, NULL);
     _mm256_zeroupper(); /* as in write_above_avx2 */
     int64_t body = n - n % 8;
-    keep_at_least_portable(s + body, x + body, kth, relu, n - body, dst + body, bits + body / 8, hits + body);
+    keep_at_least_portable(s + body, x + body, kth, relu, n - body, dst + body, bits + body / 8,
+                           hits ? hits + body : NULL);
 }
 
 AVX2 static void take_bits_avx2(const float *src, const uint8_t *bits, int64_t n, float *dst) {
@@ -626,8 +634,8 @@ AVX2 static void take_bits_scaled_avx2(const float *src, const uint8_t *bits, co
 
 /* A row's 32 bits of 32 columns to 32 bytes, 0xFF where set: each byte copied to 8 lanes, then its own bit tested. */
 AVX2 INLINE __m256i bytes_of_bits(uint32_t set) {
-    const __m256i spread = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3,
-                                            3, 3, 3, 3, 3, 3);
+    const __m256i spread = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, /* each 128-bit lane */
+                                            2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3); /* holds the 4 bytes */
     const __m256i bit = _mm256_set1_epi64x((int64_t)0x8040201008040201);
     __m256i b = _mm256_shuffle_epi8(_mm256_set1_epi32((int32_t)set), spread);
     return _mm256_cmpeq_epi8(_mm256_and_si256(b, bit), bit);
@@ -769,7 +777,7 @@ AVX512 INLINE __mmask16 output16(const float *s, const float *x, __m512 tv, int 
     __mmask16 passes = relu ? _mm512_mask_cmp_ps_mask(won, v, zero, _CMP_NLE_UQ) : won;
     if (relu) v = _mm512_max_ps(zero, v);
     _mm512_mask_storeu_ps(dst, m, _mm512_maskz_mov_ps(won, v));
-    if (keep_ties) {
+    if (hits) {
         __m512i h = _mm512_maskz_loadu_epi32(m, hits);
         _mm512_mask_storeu_epi32(hits, m, _mm512_mask_add_epi32(h, won, h, _mm512_set1_epi32(1)));
     }
@@ -785,13 +793,13 @@ AVX512 INLINE void output_row512(const float *s, const float *x, float t, int re
         uint64_t word = 0;
         for (int j = 0; j < 64; j += 16)
             word |= (uint64_t)output16(s + i + j, x + i + j, tv, relu, keep_ties, 0xFFFF, dst + i + j,
-                                       keep_ties ? hits + i + j : NULL)
+                                       hits ? hits + i + j : NULL)
                     << j;
         memcpy(bits + i / 8, &word, sizeof word);
     }
     for (; i < n; i += 16) {
         unsigned half = output16(s + i, x + i, tv, relu, keep_ties, lanes_before(i, n), dst + i,
-                                 keep_ties ? hits + i : NULL);
+                                 hits ? hits + i : NULL);
         bits[i / 8] = (uint8_t)half;
         if (n - i > 8) bits[i / 8 + 1] = (uint8_t)(half >> 8);
     }
@@ -805,8 +813,10 @@ AVX512 static void write_above_avx512(const float *s, const float *x, float t, i
 
 AVX512 static void keep_at_least_avx512(const float *s, const float *x, float kth, int relu, int64_t n, float *dst,
                                         uint8_t *bits, int32_t *hits) {
-    if (relu) output_row512(s, x, kth, 1, 1, n, dst, bits, hits);
-    else output_row512(s, x, kth, 0, 1, n, dst, bits, hits);
+    if (relu && hits) output_row512(s, x, kth, 1, 1, n, dst, bits, hits);
+    else if (relu) output_row512(s, x, kth, 1, 1, n, dst, bits, NULL);
+    else if (hits) output_row512(s, x, kth, 0, 1, n, dst, bits, hits);
+    else output_row512(s, x, kth, 0, 1, n, dst, bits, NULL);
 }
 
 /* For the byte operations; ksparse_init takes the kernels that use them only where the CPU has them. */
@@ -1207,9 +1217,10 @@ static void *select_slice(void *arg) {
     if (job->counts) memset(counts, 0, n * sizeof(int64_t));
     if (job->keep_ties) memset(hits, 0, n * sizeof(int32_t));
     /* The win counts from the bits where count_bits serves (AVX2, AVX-512) and there is a winner per 32 columns or
-     * more (it is the faster then); not for boosted or |x| scores with relu, where any winner may lack its bit and
-     * adding those back costs what the increments do.  With relu on x itself, only rows with a threshold <= 0 may. */
-    int from_bits = job->counts && job->dst && !job->keep_ties && count_bits && k * 32 >= n && !(scored && job->relu);
+     * more (it is the faster then); not for boosted or |x| scores with relu, nor threshold mode with relu, where
+     * any winner may lack its bit and adding those back costs what the increments do.  With relu on x itself, only
+     * rows with a threshold <= 0 may. */
+    int from_bits = job->counts && job->dst && count_bits && k * 32 >= n && !(job->relu && (scored || job->keep_ties));
     for (int64_t row = sl->begin; row < sl->end; row++) {
         const float *x = job->x + row * n, *s = x;
         int64_t *idx = job->indices ? job->indices + row * k : own_idx;
@@ -1226,7 +1237,7 @@ static void *select_slice(void *arg) {
         float threshold = select_row(s, scored ? &scored_stats : NULL, n, k, &job->guess, idx, &w);
         uint8_t *bits = job->bits ? job->bits + row * bytes : NULL; /* not NULL with dst */
         if (job->keep_ties) {
-            keep_at_least(s, x, kth_score(s, idx, k), job->relu, n, job->dst + row * n, bits, hits);
+            keep_at_least(s, x, kth_score(s, idx, k), job->relu, n, job->dst + row * n, bits, from_bits ? NULL : hits);
             continue;
         }
         if (job->dst && !isnan(threshold)) {
@@ -1242,7 +1253,7 @@ static void *select_slice(void *arg) {
         }
     }
     if (from_bits) count_bits(job->bits + sl->begin * bytes, sl->end - sl->begin, n, counts);
-    if (job->counts && job->keep_ties)
+    if (job->counts && job->keep_ties && !from_bits)
         for (int64_t i = 0; i < n; i++) counts[i] = hits[i];
     if (job->counts) {
 #ifdef _OPENMP
