@@ -337,11 +337,16 @@ static void take_bits_scaled_portable(const float *src, const uint8_t *bits, con
     }
 }
 
+/* ---------------------------------------------------------------- AVX2 kernels (chosen at run time) */
+#ifdef KSPARSE_X86
+/* ksparse_init takes these only where the CPU has all three. */
+#define AVX2 __attribute__((target("avx2,fma,popcnt")))
+
 /* counts[c] += how many of the rows of bits (each (n + 7) / 8 bytes) have bit c set: the win counts, as a row's
  * bits are its winners (less, with relu, those with x <= 0, which select_slice adds).  Byte counters for chunk
  * bytes of columns at a time (at most 64: 512 columns), 255 rows a block: add(sums, bits, rows, bytes, width)
  * adds width bytes (at most chunk) of each of the rows of bits, each `bytes` apart, into the counters, then
- * stores them to sums.  At 5-25% active the kernel took 0.86-0.97 of its time with the k increments per row
+ * stores them to sums.  At 5-25% active the kernel took 0.84-0.97 of its time with the k increments per row
  * scattered over the n counts, and as long at 1-2% (hence select_slice's rule). */
 INLINE void count_bits_body(const uint8_t *bits, int64_t rows, int64_t n, int64_t *counts, int64_t chunk,
                             void (*add)(uint8_t *, const uint8_t *, int64_t, int64_t, int64_t)) {
@@ -356,11 +361,6 @@ INLINE void count_bits_body(const uint8_t *bits, int64_t rows, int64_t n, int64_
         }
     }
 }
-
-/* ---------------------------------------------------------------- AVX2 kernels (chosen at run time) */
-#ifdef KSPARSE_X86
-/* ksparse_init takes these only where the CPU has all three. */
-#define AVX2 __attribute__((target("avx2,fma,popcnt")))
 
 AVX2 static float hmin(__m256 v) {
     float a[8];
