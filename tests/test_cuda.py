@@ -13,6 +13,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from quiet_trainer import quiet_trainer
+from same_state import assert_same_state
 from torch import nn
 
 from ksparse_pl import KSparse, KSparse2d, KWinners, KWinners2d
@@ -40,14 +41,6 @@ LAYERS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
 }
 
 
-def assert_state_equal(actual: nn.Module, expected: nn.Module) -> None:
-    for (name, want), (_, got) in zip(expected.state_dict().items(), actual.state_dict().items(), strict=True):
-        if isinstance(want, torch.Tensor):
-            torch.testing.assert_close(got.cpu(), want, msg=name)  # exact for the integer counts
-        else:
-            assert got == want, name
-
-
 @pytest.mark.parametrize("case", list(LAYERS))
 def test_layer_on_cuda_matches_cpu(case: str) -> None:
     make, shape = LAYERS[case]
@@ -61,7 +54,7 @@ def test_layer_on_cuda_matches_cpu(case: str) -> None:
         out_cuda.backward(grad.cuda())
         torch.testing.assert_close(out_cuda.cpu(), out_cpu)
         torch.testing.assert_close(x_cuda.grad.cpu(), x_cpu.grad)
-    assert_state_equal(on_cuda, on_cpu)
+    assert_same_state(on_cpu, on_cuda)
     x = torch.randn(shape)
     torch.testing.assert_close(on_cuda.eval()(x.cuda()).cpu(), on_cpu.eval()(x))
 
@@ -135,11 +128,7 @@ def assert_trained_alike(reference: SparseAutoencoder, model: SparseAutoencoder,
             each.training_step(batch, index).backward()
             optimizer.step()
             optimizer.zero_grad()
-    for (name, want), (_, got) in zip(reference.state_dict().items(), model.state_dict().items(), strict=True):
-        if isinstance(want, dict):
-            assert got == want, name
-        else:
-            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, msg=name)
+    assert_same_state(reference, model, rtol=1e-4, atol=1e-5)
 
 
 class StateDevices(pl.Callback):
