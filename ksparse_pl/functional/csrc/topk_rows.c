@@ -346,7 +346,7 @@ static void take_bits_scaled_portable(const float *src, const uint8_t *bits, con
  * bits are its winners (less, with relu, those with x <= 0, which select_slice adds).  Byte counters for chunk
  * bytes of columns at a time (at most 64: 512 columns), 255 rows a block: add(sums, bits, rows, bytes, width)
  * adds width bytes (at most chunk) of each of the rows of bits, each `bytes` apart, into the counters, then
- * stores them to sums.  At 5-25% active the kernel took 0.84-0.97 of its time with the k increments per row
+ * stores them to sums (inlined here, once with the constant chunk for whole vectors).  At 5-25% active the kernel took 0.84-0.97 of its time with the k increments per row
  * scattered over the n counts, and as long at 1-2% (hence select_slice's rule). */
 INLINE void count_bits_body(const uint8_t *bits, int64_t rows, int64_t n, int64_t *counts, int64_t chunk,
                             void (*add)(uint8_t *, const uint8_t *, int64_t, int64_t, int64_t)) {
@@ -356,7 +356,9 @@ INLINE void count_bits_body(const uint8_t *bits, int64_t rows, int64_t n, int64_
         int64_t columns = n - 8 * from < 8 * chunk ? n - 8 * from : 8 * chunk;
         for (int64_t r = 0; r < rows; r += 255) {
             uint8_t sums[512];
-            add(sums, bits + r * bytes + from, rows - r < 255 ? rows - r : 255, bytes, width);
+            int64_t block = rows - r < 255 ? rows - r : 255;
+            if (width == chunk) add(sums, bits + r * bytes + from, block, bytes, chunk); /* whole vectors */
+            else add(sums, bits + r * bytes + from, block, bytes, width);
             for (int64_t c = 0; c < columns; c++) counts[8 * from + c] += sums[c];
         }
     }
@@ -653,13 +655,8 @@ AVX2 INLINE void add_rows256(uint8_t *sums, const uint8_t *bits, int64_t rows, i
     for (int q = 0; q < 8; q++) _mm256_storeu_si256((__m256i *)(sums + 32 * q), counters[q]);
 }
 
-AVX2 static void add_bit_rows256(uint8_t *sums, const uint8_t *bits, int64_t rows, int64_t bytes, int64_t width) {
-    if (width == 32) add_rows256(sums, bits, rows, bytes, 32);
-    else add_rows256(sums, bits, rows, bytes, width);
-}
-
 AVX2 static void count_bits_avx2(const uint8_t *bits, int64_t rows, int64_t n, int64_t *counts) {
-    count_bits_body(bits, rows, n, counts, 32, add_bit_rows256);
+    count_bits_body(bits, rows, n, counts, 32, add_rows256);
 }
 #endif
 
@@ -837,13 +834,8 @@ AVX512BW INLINE void add_rows512(uint8_t *sums, const uint8_t *bits, int64_t row
     for (int q = 0; q < 8; q++) _mm512_storeu_si512((void *)(sums + 64 * q), counters[q]);
 }
 
-AVX512BW static void add_bit_rows512(uint8_t *sums, const uint8_t *bits, int64_t rows, int64_t bytes, int64_t width) {
-    if (width == 64) add_rows512(sums, bits, rows, bytes, 64);
-    else add_rows512(sums, bits, rows, bytes, width);
-}
-
 AVX512BW static void count_bits_avx512(const uint8_t *bits, int64_t rows, int64_t n, int64_t *counts) {
-    count_bits_body(bits, rows, n, counts, 64, add_bit_rows512);
+    count_bits_body(bits, rows, n, counts, 64, add_rows512);
 }
 
 AVX512 static void take_bits_avx512(const float *src, const uint8_t *bits, int64_t n, float *dst) {
