@@ -48,12 +48,13 @@ def update_duty_cycle(
 
     ``samples_seen`` counts this batch too, so the first batch gives ``d = c / B``. A batch larger than
     the period (``B > p``) would weigh the old duty cycle negatively; there ``p = B`` is used, so the
-    duty cycle becomes the batch's own rate.
+    duty cycle becomes the batch's own rate. An empty batch (``B = 0``) leaves it as it is, also before any
+    sample (``p = 1`` there, where ``0 / 0`` would make it NaN for good).
 
     Example:
         >>> import torch
         >>> update_duty_cycle(torch.zeros(2), torch.tensor([3.0, 1.0]), 4, 4, 1000)
         tensor([0.7500, 0.2500])
     """
-    p = torch.as_tensor(samples_seen, device=duty_cycle.device).clamp(max=period).clamp(min=batch_size)
+    p = torch.as_tensor(samples_seen, device=duty_cycle.device).clamp(max=period).clamp(min=batch_size).clamp(min=1)
     return (duty_cycle * (p - batch_size) + counts) / p

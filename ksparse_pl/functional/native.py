@@ -106,6 +106,9 @@ def _library() -> ctypes.CDLL | None:
         f32,  # z_low
         ctypes.c_int,  # threads
     ]
+    # the same, then (duty_cycle, selection_count, samples_seen, period)
+    adding_wins = lib.ksparse_select_rows_adding_wins
+    adding_wins.argtypes = [*lib.ksparse_select_rows.argtypes, pointer, pointer, pointer, i64]
     # (src, indices, relu, dst, bits, rows, n, k, threads)
     lib.ksparse_take_rows.argtypes = [pointer, pointer, flag, pointer, pointer, i64, i64, i64, ctypes.c_int]
     # (x, boost, by_magnitude, dst, bits, relu, counts, rows, n, k, z, z_low, threads)

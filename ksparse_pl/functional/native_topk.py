@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from ksparse_pl.functional.native import library, native_serves
+from ksparse_pl.functional.native_duty_cycle import WinState, check_win_state, mark_updated
 
 
 def native_applies(x: Tensor, dim: int) -> bool:
@@ -47,6 +48,7 @@ def select_rows(
     relu: bool = False,
     counts: bool = False,
     indices: bool = True,
+    win_state: WinState | None = None,
 ) -> RowSelection:
     """The ``k`` largest scores of every row (last dim) of ``x``, with the sparse output and winner counts.
 
@@ -55,6 +57,10 @@ def select_rows(
     gradient passes) is written while the row is in cache. NaN ranks above every number, ``-0.0`` ties with
     ``0.0``, and among tied scores the lower index wins. ``x`` must be a float32 CPU tensor and ``k`` in
     ``[1, n]`` (checked by the callers). ``indices=False`` leaves the winners' indices out (None).
+
+    ``win_state``: a layer's win statistics, to which the same call adds the rows' win counts, each row one
+    sample (:func:`~ksparse_pl.functional.native_duty_cycle.add_wins_` with ``batch`` the rows and ``positions``
+    1): a layer's step without a second kernel call, nor the counts' tensor unless ``counts``.
     """
     lib = library()
     n = x.shape[-1]
@@ -64,7 +70,14 @@ def select_rows(
     out = torch.empty_like(rows) if output else None
     bits = torch.empty(rows.shape[0], (n + 7) // 8, dtype=torch.uint8) if output else None
     wins = torch.zeros(n, dtype=torch.int64) if counts else None
-    if rows.shape[0] and lib.ksparse_select_rows(
+    select = lib.ksparse_select_rows
+    state_args: list[int] = []
+    if win_state is not None:
+        check_win_state("select_rows", win_state, n)
+        duty_cycle, selection_count, samples_seen, period = win_state
+        select = lib.ksparse_select_rows_adding_wins
+        state_args = [duty_cycle.data_ptr(), selection_count.data_ptr(), samples_seen.data_ptr(), period]
+    if (rows.shape[0] or state_args) and select(
         rows.data_ptr(),
         None if factors is None else factors.data_ptr(),
         int(by_magnitude),
@@ -78,8 +91,11 @@ def select_rows(
         k,
         *_normal_quantiles(k, n),
         torch.get_num_threads(),
+        *state_args,
     ):
         raise MemoryError("ksparse_pl's top-k kernel could not allocate its row buffers")
+    if win_state is not None:
+        mark_updated(win_state)
     if x.dim() != 2:
         winners = None if winners is None else winners.view(*x.shape[:-1], k)
         out = None if out is None else out.view(x.shape)

@@ -16,6 +16,7 @@ from ksparse_pl.functional._autograd import first_order_only
 from ksparse_pl.functional._checks import check_float_input, check_k
 from ksparse_pl.functional.boosting import winner_counts
 from ksparse_pl.functional.native import native_serves
+from ksparse_pl.functional.native_duty_cycle import WinState
 from ksparse_pl.functional.native_topk import (
     CHANNELS_MAX_K,
     RowSelection,
@@ -179,6 +180,7 @@ class _SelectRows(torch.autograd.Function):
         grad_scale_of: GradScaleOf | None,
         indices: bool,
         per_sample: bool,
+        win_state: WinState | None = None,
     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         # Per sample, the counts and the factors come from the winners: the kernel's counts sum over all rows.
         selection = select_rows(
@@ -190,6 +192,7 @@ class _SelectRows(torch.autograd.Function):
             relu=relu,
             counts=counts and not per_sample,
             indices=indices or per_sample,
+            win_state=win_state,
         )
         winners, wins = selection.indices, selection.counts
         if per_sample and counts:
@@ -213,8 +216,33 @@ class _SelectRows(torch.autograd.Function):
 
     @staticmethod
     @first_order_only
-    def backward(ctx: Any, grad: Tensor, *_: Any) -> tuple[Tensor, None, None, None, None, None, None, None, None]:
-        return _passed(grad, *ctx.saved_tensors), None, None, None, None, None, None, None, None
+    def backward(ctx: Any, grad: Tensor, *_: Any) -> tuple[Tensor | None, ...]:
+        return _passed(grad, *ctx.saved_tensors), *[None] * 9
+
+
+def select_rows_adding_wins(
+    x: Tensor,
+    k: int,
+    win_state: WinState,
+    *,
+    by_magnitude: bool = False,
+    boost_factors: Tensor | None = None,
+    relu: bool = False,
+) -> Tensor:
+    """``select_and_keep(x, k, ...)[0]`` of a float32 CPU ``x`` along its last dim, whose win counts the same kernel
+    call adds to ``win_state``, each row one sample: a layer's training step without sensitivity, in one process,
+    without the counts' tensor and a second kernel call.
+
+    Raises:
+        ValueError: the kernels do not serve ``x`` (see :func:`~ksparse_pl.functional.native_topk.native_applies`).
+    """
+    if not native_applies(x, -1):
+        raise ValueError(
+            f"select_rows_adding_wins: expected a float32 CPU `x` the kernels serve, but got {x.dtype} on {x.device}."
+        )
+    check_k(k, x.shape[-1])
+    out, _, _ = _SelectRows.apply(x, k, boost_factors, by_magnitude, relu, False, None, False, False, win_state)
+    return out
 
 
 class _SelectChannels(torch.autograd.Function):

@@ -92,6 +92,7 @@ class KSparse(SparseActivation):
         )
 
     _default_percent_on: float | None = None
+    _rows_are_samples = True
 
     @property
     def n(self) -> int:

@@ -46,5 +46,11 @@ def test_batch_larger_than_period_takes_the_batch_rate() -> None:
     torch.testing.assert_close(out, torch.tensor([0.5]))
 
 
+def test_an_empty_batch_leaves_the_duty_cycle_as_it_is_even_before_any_sample() -> None:
+    duty = torch.tensor([0.0, 0.25])
+    for seen in (0, 7):  # at 0 samples seen, p = 0 made it 0 / 0 = NaN for good
+        assert torch.equal(update_duty_cycle(duty, torch.zeros(2), 0, seen, 1000), duty)
+
+
 def test_winner_counts() -> None:
     assert winner_counts(torch.tensor([[0, 2], [2, 3]]), 5).tolist() == [1, 0, 2, 1, 0]

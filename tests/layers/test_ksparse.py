@@ -2,10 +2,12 @@ import math
 
 import pytest
 import torch
+from same_state import assert_same_state
 from torch import nn
 
 from ksparse_pl import KSparse, KWinners
 from ksparse_pl.functional import boost_factors, keep_winners
+from ksparse_pl.functional.native import native_enabled
 
 
 def test_exactly_k_per_sample_any_leading_shape() -> None:
@@ -55,6 +57,49 @@ def test_state_in_shared_memory_is_copied_before_it_is_updated(sensitivity: bool
     for name in updated:
         assert not getattr(layer, name).is_shared(), name
         assert torch.equal(shared[name], before[name]), name  # the shared tensors were left as they were
+
+
+@pytest.mark.skipif(not native_enabled(), reason="no C compiler for the native kernels")
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"relu": True},
+        {"by_magnitude": True, "relu": True},
+        {"boost_strength": 1.0},
+        {"boost_strength": 2.0, "relu": True},
+    ],
+    ids=["plain", "relu", "magnitude relu", "boosted", "boosted relu"],
+)
+def test_the_kernel_that_adds_the_wins_trains_as_the_update_after_it(monkeypatch, options: dict) -> None:
+    """In training without sensitivity the row kernel's own call updates the state: the same outputs, gradients and
+    state, bit for bit, as the selection with its counts and the update after it (which DDP and sensitivity take)."""
+    import ksparse_pl.layers._base as base
+
+    adding = KSparse(300, k=20, duty_cycle_period=100, **options)
+    separate = KSparse(300, k=20, duty_cycle_period=100, **options)
+    separate._adds_wins_in_kernel = lambda candidates: False  # type: ignore[method-assign]
+    calls = []
+    counted = base.select_rows_adding_wins
+    monkeypatch.setattr(base, "select_rows_adding_wins", lambda *a, **kw: calls.append(1) or counted(*a, **kw))
+    for shape in [(64, 300), (17, 300), (3, 5, 300), (64, 300)]:  # past the period: the old duty cycle weighs in
+        x = torch.randn(shape, requires_grad=True)
+        grad = torch.randn(shape)
+        out = adding(x)
+        (x_grad,) = torch.autograd.grad(out, x, grad)
+        expected = separate(x)
+        assert torch.equal(out, expected)
+        assert torch.equal(x_grad, torch.autograd.grad(expected, x, grad)[0])
+        assert_same_state(separate, adding, rtol=0, atol=0)
+    assert len(calls) == 4 and int(adding.samples_seen) == 160
+
+
+def test_an_empty_first_batch_leaves_the_duty_cycles_at_zero() -> None:
+    for layer in (KWinners(8, k=2), KWinners(8, k=2, sensitivity=True)):  # with and without the state in the kernel
+        layer(torch.empty(0, 8))
+        assert layer.duty_cycle.tolist() == [0.0] * 8 and int(layer.samples_seen) == 0
+        layer(torch.randn(4, 8))
+        assert layer.duty_cycle.sum().item() == pytest.approx(2.0)
 
 
 def test_duty_cycle_after_first_batch_is_count_over_batch() -> None:
