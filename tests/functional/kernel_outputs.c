@@ -22,6 +22,10 @@ int ksparse_take_rows(const float *src, const int64_t *indices, int relu, float 
                       int64_t n, int64_t k, int threads);
 void ksparse_add_wins(float *duty, int64_t *selection_count, int64_t *samples_seen, const int64_t *counts, int64_t n,
                       int64_t batch, int64_t positions, int64_t period);
+int ksparse_select_rows_adding_wins(const float *x, const float *boost, int by_magnitude, int64_t *indices,
+                                    float *dst, uint8_t *bits, int relu, int64_t *counts, int64_t rows, int64_t n,
+                                    int64_t k, float z, float z_low, int threads, float *duty,
+                                    int64_t *selection_count, int64_t *samples_seen, int64_t period);
 int ksparse_sensitivity_step(const int64_t *samples, const int64_t *units, int64_t pairs, const float *sensitivity,
                              int64_t n, const float *decay, int64_t batch, float s_max, float *factors, float *after,
                              int threads);
@@ -138,6 +142,14 @@ static void duty_and_sensitivity(void) {
         ksparse_add_wins(duty, selections, &seen, counts, n, batch, step % 3 ? 1 : 7, period);
     }
     report("duty_cycle", "", duty, n * 4);
+    float *x = malloc(batch * n * 4), *dst = malloc(batch * n * 4);
+    uint8_t *bits = malloc(batch * ((n + 7) / 8));
+    fill(x, batch, n);
+    ksparse_select_rows_adding_wins(x, NULL, 0, NULL, dst, bits, 0, NULL, batch, n, k, 1.6449f, 1.2816f, 1, duty,
+                                    selections, &seen, period);
+    report("select adding wins duty_cycle", "", duty, n * 4);
+    report("select adding wins count", "", selections, n * 8);
+    free(x), free(dst), free(bits);
     int64_t *samples = malloc(batch * k * 8), *units = malloc(batch * k * 8);
     float *sens = malloc(n * 4), *decay = malloc((batch + 1) * 4), *fac = malloc(batch * k * 4), *after = malloc(n * 4);
     for (int64_t i = 0; i < n; i++) sens[i] = 1.0f + 9.0f * uniform();
