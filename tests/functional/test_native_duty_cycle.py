@@ -5,6 +5,7 @@ from ksparse_pl.functional import update_duty_cycle
 from ksparse_pl.functional.native import native_enabled
 from ksparse_pl.functional.native_duty_cycle import WinState, add_wins_
 from ksparse_pl.functional.native_topk import select_rows
+from ksparse_pl.functional.selection import select_rows_adding_wins
 
 pytestmark = pytest.mark.skipif(not native_enabled(), reason="no C compiler for the native kernels")
 
@@ -130,3 +131,12 @@ def test_a_state_saved_for_backward_and_then_updated_by_a_selection_is_caught_by
     select_rows(torch.randn(3, 4), 2, win_state=state)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         loss.backward()
+
+
+def test_the_layers_selection_adding_wins_refuses_what_the_kernels_do_not_serve() -> None:
+    state = WinState(torch.zeros(4), torch.zeros(4, dtype=torch.int64), torch.tensor(0), 1000)
+    with pytest.raises(ValueError, match=r"select_rows_adding_wins: expected a float32 CPU `x` .* got torch.float64"):
+        select_rows_adding_wins(torch.randn(3, 4, dtype=torch.float64), 2, state)
+    with pytest.raises(ValueError, match="`k`"):
+        select_rows_adding_wins(torch.randn(3, 4), 5, state)
+    assert int(state.samples_seen) == 0
