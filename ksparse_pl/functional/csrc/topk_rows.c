@@ -346,8 +346,9 @@ static void take_bits_scaled_portable(const float *src, const uint8_t *bits, con
  * bits are its winners (less, with relu, those with x <= 0, which select_slice adds).  Byte counters for chunk
  * bytes of columns at a time (at most 64: 512 columns), 255 rows a block: add(sums, bits, rows, bytes, width)
  * adds width bytes (at most chunk) of each of the rows of bits, each `bytes` apart, into the counters, then
- * stores them to sums (inlined here, once with the constant chunk for whole vectors).  At 5-25% active the kernel took 0.84-0.97 of its time with the k increments per row
- * scattered over the n counts, and as long at 1-2% (hence select_slice's rule). */
+ * stores them to sums (inlined here, once with the constant chunk for whole vectors).  At 5-25% active the kernel
+ * took 0.84-0.97 of its time with the k increments per row scattered over the n counts, and as long at 1-2% (hence
+ * select_slice's rule). */
 INLINE void count_bits_body(const uint8_t *bits, int64_t rows, int64_t n, int64_t *counts, int64_t chunk,
                             void (*add)(uint8_t *, const uint8_t *, int64_t, int64_t, int64_t)) {
     int64_t bytes = (n + 7) / 8;
@@ -1207,12 +1208,12 @@ static void *select_slice(void *arg) {
     int64_t *own_idx = counts + n;
     int32_t *hits = (int32_t *)(own_idx + (job->indices ? 0 : k));
     if (job->counts) memset(counts, 0, n * sizeof(int64_t));
-    if (job->keep_ties) memset(hits, 0, n * sizeof(int32_t));
     /* The win counts from the bits where count_bits serves (AVX2, AVX-512) and there is a winner per 32 columns or
      * more (it is the faster then); not for boosted or |x| scores with relu, nor threshold mode with relu, where
      * any winner may lack its bit and adding those back costs what the increments do.  With relu on x itself, only
      * rows with a threshold <= 0 may. */
     int from_bits = job->counts && job->dst && count_bits && k * 32 >= n && !(job->relu && (scored || job->keep_ties));
+    if (job->keep_ties && !from_bits) memset(hits, 0, n * sizeof(int32_t)); /* else unused */
     for (int64_t row = sl->begin; row < sl->end; row++) {
         const float *x = job->x + row * n, *s = x;
         int64_t *idx = job->indices ? job->indices + row * k : own_idx;
