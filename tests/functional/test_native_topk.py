@@ -162,6 +162,13 @@ def test_every_instruction_set_gives_the_reference_winners_output_bits_and_gradi
         assert torch.equal(result.counts, torch.bincount(winners.reshape(-1), minlength=n))
         passes = passing(x, winners, relu)
         assert torch.equal(unpacked(result.bits, n), passes)
+        # Without the winners' ids wanted (a layer's training step): the threshold alone, or the winners where a
+        # row needs them (row 0: relu winners at 0, which the bits do not count; ties; NaN; k = n).
+        alone = select_rows(
+            x, k, boost=boost, by_magnitude=by_magnitude, output=True, relu=relu, counts=True, indices=False
+        )
+        assert identical(alone.output, expected)
+        assert torch.equal(alone.counts, result.counts) and torch.equal(alone.bits, result.bits)
 
         grad, factors = torch.randn(6, n), torch.rand(6, k) + 0.5
         assert identical(take_bits_rows(grad, result.bits), torch.where(passes, grad, 0.0))

@@ -139,27 +139,27 @@ static int64_t count_portable(const float *s, int64_t n, float t) {
     return c;
 }
 
-/* The ids of the scores >= t (ids[i], or i when ids is NULL) in order to out, and the scores to values
+/* The ids of the scores >= t (ids[i], or i when ids is NULL) in order to out, and the scores to values, each
  * unless it is NULL; returns how many.  out and values have room for n + 8. */
 static int64_t collect_portable(const float *s, const int32_t *ids, int64_t n, float t, int32_t *out, float *values) {
     int64_t o = 0;
     for (int64_t i = 0; i < n; i++) {
-        out[o] = ids ? ids[i] : (int32_t)i;
+        if (out) out[o] = ids ? ids[i] : (int32_t)i;
         if (values) values[o] = s[i];
         o += s[i] >= t;
     }
     return o;
 }
 
-/* collect_portable of a whole row, prefetching one cache line per 16 scores of next and of dst (each NULL or n
- * floats), as compact_row_avx2 does. */
+/* collect_portable of a whole row (out NULL: the scores only), prefetching one cache line per 16 scores of next and
+ * of dst (each NULL or n floats), as compact_row_avx2 does. */
 static int64_t compact_row_portable(const float *s, int64_t n, float t, int32_t *out, float *values, const float *next,
                                     const float *dst) {
     int64_t o = 0;
     for (int64_t i = 0; i < n; i++) {
         if (i % 16 == 0 && next) __builtin_prefetch(next + i);
         if (i % 16 == 0 && dst) __builtin_prefetch(dst + i);
-        out[o] = (int32_t)i;
+        if (out) out[o] = (int32_t)i;
         values[o] = s[i];
         o += s[i] >= t;
     }
@@ -486,13 +486,14 @@ AVX2 INLINE int64_t collect_body(const float *s, const int32_t *ids, int64_t n, 
         unsigned mask = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(v, tv, _CMP_GE_OQ));
         __m256i order = _mm256_loadu_si256((const __m256i *)COMPRESS[mask]);
         __m256i id = ids ? _mm256_loadu_si256((const __m256i *)(ids + i)) : lanes;
-        _mm256_storeu_si256((__m256i *)(out + o), _mm256_permutevar8x32_epi32(id, order));
+        if (out) _mm256_storeu_si256((__m256i *)(out + o), _mm256_permutevar8x32_epi32(id, order));
         if (values) _mm256_storeu_ps(values + o, _mm256_permutevar8x32_ps(v, order));
         o += _mm_popcnt_u32(mask);
         lanes = _mm256_add_epi32(lanes, eight);
     }
-    int64_t tail = collect_portable(s + body, ids ? ids + body : NULL, n - body, t, out + o, values ? values + o : NULL);
-    if (!ids)
+    int64_t tail = collect_portable(s + body, ids ? ids + body : NULL, n - body, t, out ? out + o : NULL,
+                                    values ? values + o : NULL);
+    if (out && !ids)
         for (int64_t j = o; j < o + tail; j++) out[j] += (int32_t)body;
     return o + tail;
 }
@@ -501,9 +502,11 @@ AVX2 static int64_t collect_avx2(const float *s, const int32_t *ids, int64_t n, 
     return collect_body(s, ids, n, t, out, values, 0, NULL, NULL);
 }
 
+/* out NULL: the scores only, when no winner's id is wanted (see select_slice). */
 AVX2 static int64_t compact_row_avx2(const float *s, int64_t n, float t, int32_t *out, float *values, const float *next,
                                      const float *dst) {
-    return collect_body(s, NULL, n, t, out, values, 1, next, dst);
+    return out ? collect_body(s, NULL, n, t, out, values, 1, next, dst)
+               : collect_body(s, NULL, n, t, NULL, values, 1, next, dst);
 }
 
 AVX2 static int64_t keys_below_avx2(const float *s, int64_t n, float hi, uint32_t *keys) {
@@ -1013,10 +1016,11 @@ typedef struct {
  * unpredictable, so the candidates are sifted by vector compares rather than branches.
  *
  * This and the functions below return the winners' threshold: the winners are exactly the scores >= it
- * (NaN when the k-th largest score is tied, so that no threshold separates them). */
+ * (NaN when the k-th largest score is tied, so that no threshold separates them).  With idx NULL they seek the
+ * threshold only: no winner is written, and no id is gathered (ids is then unused). */
 static float finish_in_band(const float *s, const int32_t *ids, int64_t n, int64_t k, float lo, float hi,
                             int64_t c_hi, int64_t *idx, work_space *w) {
-    int32_t *cand = w->band;
+    int32_t *cand = idx ? w->band : NULL;
     float *values = w->band_values;
     uint32_t *keys = w->keys;
     int64_t m = collect_at_least(s, ids, n, lo, cand, values);
@@ -1031,11 +1035,13 @@ static float finish_in_band(const float *s, const int32_t *ids, int64_t n, int64
         float t;
         uint32_t bits = kth & 0x80000000u ? kth ^ 0x80000000u : ~kth; /* back from key to float */
         memcpy(&t, &bits, sizeof t);
+        if (!idx) return t;
         int32_t *winners = (int32_t *)keys;
         collect_at_least(values, cand, m, t, winners, NULL);
         for (int64_t j = 0; j < k; j++) idx[j] = winners[j];
         return t;
     }
+    if (!idx) return NAN;
     int64_t ties = k - above, o = 0; /* tied k-th scores: the lower indices win */
     for (int64_t j = 0; j < m && o < k; j++) {
         uint32_t key = finite_key(values[j]);
@@ -1057,6 +1063,7 @@ static float search_threshold(const float *s, const int32_t *ids, int64_t n, int
         if (!(t > lo && t < hi)) break; /* neighbouring floats: the band holds one (tied) value */
         int64_t c = count_at_least(s, n, t);
         if (c == k) {
+            if (!idx) return t;
             collect_at_least(s, ids, n, t, w->band, NULL);
             for (int64_t j = 0; j < k; j++) idx[j] = w->band[j];
             return t;
@@ -1095,15 +1102,16 @@ static int select_by_threshold(const float *s, row_stats r, int64_t n, int64_t k
     double slope = -(double)n * g->density / (r.std > 0.0f ? r.std : 1.0f);
     float t_low = r.mean + g->z_low * r.std; /* NaN without compaction: fails both compares */
     if (t_low > lo && t_low < hi) {
-        int64_t m = compact_row(s, n, t_low, w->cand, w->values, w->next, w->dst);
+        int64_t m = compact_row(s, n, t_low, idx ? w->cand : NULL, w->values, w->next, w->dst);
         if (m == k) {
-            for (int64_t j = 0; j < k; j++) idx[j] = w->cand[j];
+            if (idx)
+                for (int64_t j = 0; j < k; j++) idx[j] = w->cand[j];
             *threshold = t_low;
             return 1;
         }
         if (m > k) {
-            *threshold = search_threshold(w->values, w->cand, m, k, t_low, hi, m, c_hi, t, slope, CANDIDATE_BAND,
-                                          idx, w);
+            *threshold = search_threshold(w->values, idx ? w->cand : NULL, m, k, t_low, hi, m, c_hi, t, slope,
+                                          CANDIDATE_BAND, idx, w);
             return 1;
         }
         hi = t_low;
@@ -1114,13 +1122,15 @@ static int select_by_threshold(const float *s, row_stats r, int64_t n, int64_t k
 }
 
 /* The winners of a row to idx; returns their threshold as search_threshold does (NaN also for rows with a
- * NaN or an infinite score, and for k = n).  known: the statistics of s, or NULL to take them here. */
+ * NaN or an infinite score, and for k = n).  known: the statistics of s, or NULL to take them here.  With idx
+ * NULL, the threshold only: a NaN then says that the winners need their ids (ask again with idx). */
 static float select_row(const float *s, const row_stats *known, int64_t n, int64_t k, const normal_guess *g,
                         int64_t *idx, work_space *w) {
     float threshold = NAN;
     if (k == n) {
-        for (int64_t i = 0; i < n; i++) idx[i] = i;
-    } else if (!select_by_threshold(s, known ? *known : stats(s, n), n, k, g, idx, &threshold, w)) {
+        if (idx)
+            for (int64_t i = 0; i < n; i++) idx[i] = i;
+    } else if (!select_by_threshold(s, known ? *known : stats(s, n), n, k, g, idx, &threshold, w) && idx) {
         select_by_keys(s, n, k, idx, w->keys);
     }
     return threshold;
@@ -1214,9 +1224,16 @@ static void *select_slice(void *arg) {
      * rows with a threshold <= 0 may. */
     int from_bits = job->counts && job->dst && count_bits && k * 32 >= n && !(job->relu && (scored || job->keep_ties));
     if (job->keep_ties && !from_bits) memset(hits, 0, n * sizeof(int32_t)); /* else unused */
+    /* The winners' ids where something reads them: the indices out, counts by increments, threshold mode's k-th
+     * score.  Else the threshold is sought alone (its compaction then gathers no ids: the kernel took 0.87-0.90 of
+     * its time at 256 x 4096, 5% active, 0.76-0.92 at 256 x 1024 and 1024 x 512), and a row that turns out to need
+     * its winners (a tie at the k-th score, a non-finite score, relu winners x <= 0 that the bits do not count) is
+     * selected again with them, as are the slice's rows after it: such inputs (bfloat16 values cast up, with their
+     * ties) tend to go on so. */
+    int ids_always = job->indices || !job->dst || job->keep_ties || (job->counts && !from_bits);
     for (int64_t row = sl->begin; row < sl->end; row++) {
         const float *x = job->x + row * n, *s = x;
-        int64_t *idx = job->indices ? job->indices + row * k : own_idx;
+        int64_t *idx = job->indices ? job->indices + row * k : ids_always ? own_idx : NULL;
         /* The hardware prefetches behind the passes that read memory only, so a row's compute and its memory
          * traffic took turns: prefetching these during the compaction overlaps them (with inputs out of the
          * caches, the kernel took 1.2-1.5 times as long without at the benchmark shapes). */
@@ -1228,6 +1245,11 @@ static void *select_slice(void *arg) {
             s = scores;
         }
         float threshold = select_row(s, scored ? &scored_stats : NULL, n, k, &job->guess, idx, &w);
+        if (!idx && (isnan(threshold) || (from_bits && job->relu && !(threshold > 0.0f)))) {
+            ids_always = 1;
+            idx = own_idx;
+            threshold = select_row(s, scored ? &scored_stats : NULL, n, k, &job->guess, idx, &w);
+        }
         uint8_t *bits = job->bits ? job->bits + row * bytes : NULL; /* not NULL with dst */
         if (job->keep_ties) {
             keep_at_least(s, x, kth_score(s, idx, k), job->relu, n, job->dst + row * n, bits, from_bits ? NULL : hits);
