@@ -113,6 +113,11 @@ static void rows_case(int64_t rows, int64_t n, int64_t k, float z, float z_low) 
         report("select out", where, dst, values);
         report("select bits", where, bits, bytes);
         report("select counts", where, counts, n * 8);
+        memset(counts, 0, n * 8); /* the same without the winners' ids wanted: the threshold sought alone */
+        ksparse_select_rows(x, b, by_magnitude, NULL, dst, bits, relu, counts, rows, n, k, z, z_low, 1);
+        report("select alone out", where, dst, values);
+        report("select alone bits", where, bits, bytes);
+        report("select alone counts", where, counts, n * 8);
         ksparse_take_bits_rows(grad, bits, NULL, 1, out, rows, n, 1);
         report("take_bits", where, out, values);
         if (n % 4 == 0) {

@@ -347,8 +347,8 @@ static void take_bits_scaled_portable(const float *src, const uint8_t *bits, con
  * bytes of columns at a time (at most 64: 512 columns), 255 rows a block: add(sums, bits, rows, bytes, width)
  * adds width bytes (at most chunk) of each of the rows of bits, each `bytes` apart, into the counters, then
  * stores them to sums (inlined here, once with the constant chunk for whole vectors).  At 5-25% active the kernel
- * took 0.84-0.97 of its time with the k increments per row scattered over the n counts, and as long at 1-2% (hence
- * select_slice's rule). */
+ * took 0.84-0.97 of its time with the k increments per row scattered over the n counts, and as long at 1-2%; since
+ * the rows need no winner ids for it (see select_slice), 0.73-0.83 at 0.25-2.4%. */
 INLINE void count_bits_body(const uint8_t *bits, int64_t rows, int64_t n, int64_t *counts, int64_t chunk,
                             void (*add)(uint8_t *, const uint8_t *, int64_t, int64_t, int64_t)) {
     int64_t bytes = (n + 7) / 8;
@@ -665,9 +665,10 @@ AVX2 static void count_bits_avx2(const uint8_t *bits, int64_t rows, int64_t n, i
 #endif
 
 /* ---------------------------------------------------------------- AVX-512 kernels (chosen at run time)
- * For the passes that gain from 16 lanes: statistics, scores, output and the backward's masking; the last,
- * partial vector is masked instead of a scalar tail.  The compactions stay AVX2: on Zen 5 vpcompressd and
- * vcompressps took 1.6-1.8 times as long as the permutes through COMPRESS (a row of 4096 in L1). */
+ * For the passes that gain from 16 lanes: statistics, scores, the compaction of the scores alone, output and the
+ * backward's masking; the last, partial vector is masked instead of a scalar tail.  The compactions with ids stay
+ * AVX2: on Zen 5 vpcompressd and vcompressps took 1.6-1.8 times as long as the permutes through COMPRESS (a row of
+ * 4096 in L1). */
 #ifdef KSPARSE_X86
 #define AVX512 __attribute__((target("avx512f,popcnt")))
 
@@ -740,6 +741,29 @@ AVX512 static row_stats stats_avx512(const float *s, int64_t n) {
         sums16_add_lanes(&a, m, _mm512_maskz_loadu_ps(m, s + i));
     }
     return sums16_finish(&a, n);
+}
+
+/* compact_row at 16 lanes where the scores alone are wanted (out NULL): one vcompressps to a register per vector
+ * took 0.7 of the time of the permute through COMPRESS per 8 scores (rows of 4096 in L2, Zen 5); the store to
+ * memory of vcompressps is slow on Zen 4, hence the register. */
+AVX512 static int64_t compact_row_avx512(const float *s, int64_t n, float t, int32_t *out, float *values,
+                                         const float *next, const float *dst) {
+    if (out) return compact_row_avx2(s, n, t, out, values, next, dst);
+    __m512 tv = _mm512_set1_ps(t);
+    int64_t body = n - n % 16, o = 0;
+    for (int64_t i = 0; i < n; i += 16) {
+        if (next) _mm_prefetch((const char *)(next + i), _MM_HINT_T0);
+        if (dst) _mm_prefetch((const char *)(dst + i), _MM_HINT_T0);
+        __mmask16 m = lanes_before(i, n);
+        __m512 v = _mm512_maskz_loadu_ps(m, s + i);
+        __mmask16 kept = _mm512_mask_cmp_ps_mask(m, v, tv, _CMP_GE_OQ);
+        int c = _mm_popcnt_u32(kept);
+        /* whole vectors up to the last one, whose store would pass the room for n + 8 */
+        if (i < body) _mm512_storeu_ps(values + o, _mm512_maskz_compress_ps(kept, v));
+        else _mm512_mask_storeu_ps(values + o, (__mmask16)((1u << c) - 1u), _mm512_maskz_compress_ps(kept, v));
+        o += c;
+    }
+    return o;
 }
 
 /* The lanes m of 16 scores of score_values to out; returns them (0 in the other lanes). */
@@ -909,6 +933,7 @@ int ksparse_init(int most) {
     if (most < 2 || !__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512vbmi2")) return 1;
     stats = stats_avx512;
     row_scores = scores_avx512;
+    compact_row = compact_row_avx512;
     write_above = write_above_avx512;
     keep_at_least = keep_at_least_avx512;
     take_bits = take_bits_avx512;
@@ -1218,11 +1243,10 @@ static void *select_slice(void *arg) {
     int64_t *own_idx = counts + n;
     int32_t *hits = (int32_t *)(own_idx + (job->indices ? 0 : k));
     if (job->counts) memset(counts, 0, n * sizeof(int64_t));
-    /* The win counts from the bits where count_bits serves (AVX2, AVX-512) and there is a winner per 32 columns or
-     * more (it is the faster then); not for boosted or |x| scores with relu, nor threshold mode with relu, where
-     * any winner may lack its bit and adding those back costs what the increments do.  With relu on x itself, only
-     * rows with a threshold <= 0 may. */
-    int from_bits = job->counts && job->dst && count_bits && k * 32 >= n && !(job->relu && (scored || job->keep_ties));
+    /* The win counts from the bits where count_bits serves (AVX2, AVX-512); not for boosted or |x| scores with relu,
+     * nor threshold mode with relu, where any winner may lack its bit and adding those back costs what the
+     * increments do.  With relu on x itself, only rows with a threshold <= 0 may. */
+    int from_bits = job->counts && job->dst && count_bits && !(job->relu && (scored || job->keep_ties));
     if (job->keep_ties && !from_bits) memset(hits, 0, n * sizeof(int32_t)); /* else unused */
     /* The winners' ids where something reads them: the indices out, counts by increments, threshold mode's k-th
      * score.  Else the threshold is sought alone (its compaction then gathers no ids: the kernel took 0.87-0.90 of
