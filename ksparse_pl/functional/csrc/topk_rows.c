@@ -1248,13 +1248,13 @@ static void *select_slice(void *arg) {
      * increments do.  With relu on x itself, only rows with a threshold <= 0 may. */
     int from_bits = job->counts && job->dst && count_bits && !(job->relu && (scored || job->keep_ties));
     if (job->keep_ties && !from_bits) memset(hits, 0, n * sizeof(int32_t)); /* else unused */
-    /* The winners' ids where something reads them: the indices out, counts by increments, threshold mode's k-th
-     * score.  Else the threshold is sought alone (its compaction then gathers no ids: the kernel took 0.87-0.90 of
+    /* The winners' ids where something reads them: the indices out, counts by increments (threshold mode counts
+     * its hits), the k-th score of a tie in threshold mode.  Else the threshold is sought alone (its compaction then gathers no ids: the kernel took 0.87-0.90 of
      * its time at 256 x 4096, 5% active, 0.76-0.92 at 256 x 1024 and 1024 x 512), and a row that turns out to need
      * its winners (a tie at the k-th score, a non-finite score, relu winners x <= 0 that the bits do not count) is
      * selected again with them, as are the slice's rows after it: such inputs (bfloat16 values cast up, with their
      * ties) tend to go on so. */
-    int ids_always = job->indices || !job->dst || job->keep_ties || (job->counts && !from_bits);
+    int ids_always = job->indices || !job->dst || (job->counts && !from_bits && !job->keep_ties);
     for (int64_t row = sl->begin; row < sl->end; row++) {
         const float *x = job->x + row * n, *s = x;
         int64_t *idx = job->indices ? job->indices + row * k : ids_always ? own_idx : NULL;
@@ -1275,8 +1275,9 @@ static void *select_slice(void *arg) {
             threshold = select_row(s, scored ? &scored_stats : NULL, n, k, &job->guess, idx, &w);
         }
         uint8_t *bits = job->bits ? job->bits + row * bytes : NULL; /* not NULL with dst */
-        if (job->keep_ties) {
-            keep_at_least(s, x, kth_score(s, idx, k), job->relu, n, job->dst + row * n, bits, from_bits ? NULL : hits);
+        if (job->keep_ties) { /* a threshold with k scores at or above it keeps what the k-th score would */
+            float kth = isnan(threshold) ? kth_score(s, idx, k) : threshold;
+            keep_at_least(s, x, kth, job->relu, n, job->dst + row * n, bits, from_bits ? NULL : hits);
             continue;
         }
         if (job->dst && !isnan(threshold)) {
