@@ -883,7 +883,8 @@ AVX512 static void take_bits_avx512(const float *src, const uint8_t *bits, int64
 
 static row_stats (*stats)(const float *, int64_t) = stats_portable;
 static int64_t (*count_at_least)(const float *, int64_t, float) = count_portable;
-static int64_t (*collect_at_least)(const float *, const int32_t *, int64_t, float, int32_t *, float *) = collect_portable;
+static int64_t (*collect_at_least)(const float *, const int32_t *, int64_t, float, int32_t *,
+                                   float *) = collect_portable;
 static int64_t (*compact_row)(const float *, int64_t, float, int32_t *, float *, const float *,
                               const float *) = compact_row_portable;
 static int64_t (*keys_below)(const float *, int64_t, float, uint32_t *) = keys_below_portable;
@@ -1249,11 +1250,11 @@ static void *select_slice(void *arg) {
     int from_bits = job->counts && job->dst && count_bits && !(job->relu && (scored || job->keep_ties));
     if (job->keep_ties && !from_bits) memset(hits, 0, n * sizeof(int32_t)); /* else unused */
     /* The winners' ids where something reads them: the indices out, counts by increments (threshold mode counts
-     * its hits), the k-th score of a tie in threshold mode.  Else the threshold is sought alone (its compaction then gathers no ids: the kernel took 0.87-0.90 of
-     * its time at 256 x 4096, 5% active, 0.76-0.92 at 256 x 1024 and 1024 x 512), and a row that turns out to need
-     * its winners (a tie at the k-th score, a non-finite score, relu winners x <= 0 that the bits do not count) is
-     * selected again with them, as are the slice's rows after it: such inputs (bfloat16 values cast up, with their
-     * ties) tend to go on so. */
+     * its hits), the k-th score of a tie in threshold mode.  Else the threshold is sought alone (its compaction
+     * then gathers no ids: the kernel took 0.87-0.90 of its time at 256 x 4096, 5% active, 0.76-0.92 at 256 x 1024
+     * and 1024 x 512), and a row that turns out to need its winners (a tie at the k-th score, a non-finite score,
+     * relu winners x <= 0 that the bits do not count) is selected again with them, as are the slice's rows after
+     * it: such inputs (bfloat16 values cast up, with their ties) tend to go on so. */
     int ids_always = job->indices || !job->dst || (job->counts && !from_bits && !job->keep_ties);
     for (int64_t row = sl->begin; row < sl->end; row++) {
         const float *x = job->x + row * n, *s = x;
