@@ -163,7 +163,7 @@ def test_every_instruction_set_gives_the_reference_winners_output_bits_and_gradi
         passes = passing(x, winners, relu)
         assert torch.equal(unpacked(result.bits, n), passes)
         # Without the winners' ids wanted (a layer's training step): the threshold alone, or the winners where a
-        # row needs them (row 0: relu winners at 0, which the bits do not count; ties; NaN; k = n).
+        # row needs them (row 0: relu winners at 0, which the bits do not count; ties; NaN and infinities).
         alone = select_rows(
             x, k, boost=boost, by_magnitude=by_magnitude, output=True, relu=relu, counts=True, indices=False
         )
