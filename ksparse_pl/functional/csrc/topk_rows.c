@@ -503,7 +503,8 @@ AVX2 static int64_t collect_avx2(const float *s, const int32_t *ids, int64_t n, 
     return collect_body(s, ids, n, t, out, values, 0, NULL, NULL);
 }
 
-/* out NULL: the scores only, when no winner's id is wanted (see select_slice). */
+/* out NULL: the scores only, when no winner's id is wanted (see select_slice).  Two calls, so that the inlined body
+ * is also compiled without the ids' permutes and stores. */
 AVX2 static int64_t compact_row_avx2(const float *s, int64_t n, float t, int32_t *out, float *values, const float *next,
                                      const float *dst) {
     return out ? collect_body(s, NULL, n, t, out, values, 1, next, dst)
