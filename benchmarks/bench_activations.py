@@ -23,6 +23,10 @@ The next gives the fixed cost per call (Python, autograd, state bookkeeping): on
 times ``KSparse2d`` / ``KWinners2d`` on (B, C, H, W) feature maps, with ``torch.topk`` over the channels then a
 scatter as the baseline. ``--tables widths`` compares the row kernels' instruction sets that the CPU runs.
 
+``--processes N`` runs the same command in N fresh processes, one after another, then gives each "x ReLU" ratio of
+the layer and feature-map tables as the median and range over them: on a shared VM a process's ReLU can take
+twice another's at the same shape (memory placement), which moves every ratio of that process with it.
+
 ``--device cuda`` runs the layer, phase, fixed-cost and feature-map tables on a GPU, where the layers use torch's
 operations: each call is timed until the GPU has finished it, so a time there is mostly the launches of its kernels.
 """
@@ -30,9 +34,14 @@ operations: each call is timed until the GPU has finished it, so a time there is
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from _timing import describe, interleaved_ms, median_ratio, synchronizer
@@ -47,6 +56,8 @@ from ksparse_pl.functional.native_topk import select_rows, take_bits_rows
 SHAPES = [(256, 4096, 0.05), (256, 1024, 0.10), (1024, 512, 0.25)]
 # A conv layer's feature maps: MNIST-sized 32 channels after a 5x5 conv, and 64 channels further in.
 CONV_SHAPES = [((64, 32, 24, 24), 4), ((64, 64, 8, 8), 8)]
+# The "x ReLU" ratios of this process's layer and feature-map tables, by "shape | case", for --processes.
+RATIOS: dict[str, float] = {}
 
 
 def saved_bytes(module: nn.Module, x: torch.Tensor) -> int:
@@ -128,7 +139,14 @@ def main() -> None:
     parser.add_argument("--keep-freed-memory", action="store_true", help="as the ksparse-pl command runs")
     parser.add_argument("--tables", nargs="+", choices=list(TABLES), help="which tables (default: all the device runs)")
     parser.add_argument("--device", type=torch.device, default=torch.device("cpu"), help="cpu or cuda")
+    parser.add_argument("--processes", type=int, default=1, help="fresh processes to run in, then sum up")
+    parser.add_argument("--ratios-out", type=Path, help=argparse.SUPPRESS)  # a child process's ratios, as JSON
     args = parser.parse_args()
+    if args.processes < 1:
+        parser.error(f"--processes must be at least 1, but got {args.processes}")
+    if args.processes > 1:
+        run_processes(args)
+        return
     on_gpu = [name for name in TABLES if name not in CPU_ONLY]
     tables = args.tables or (list(TABLES) if args.device.type == "cpu" else on_gpu)
     if args.device.type != "cpu" and set(tables) & CPU_ONLY:
@@ -143,6 +161,34 @@ def main() -> None:
     )
     for name in tables:
         TABLES[name](args.rounds, args.repeats, args.device)
+    if args.ratios_out:
+        args.ratios_out.write_text(json.dumps(RATIOS))
+
+
+def run_processes(args: argparse.Namespace) -> None:
+    """This command in ``args.processes`` fresh processes, one after another, then each "x ReLU" ratio's median
+    and range over them."""
+    command = [sys.executable, __file__, "--rounds", str(args.rounds), "--repeats", str(args.repeats)]
+    command += ["--threads", str(args.threads), "--device", str(args.device)]
+    command += ["--keep-freed-memory"] * args.keep_freed_memory + (["--tables", *args.tables] if args.tables else [])
+    runs = []
+    with tempfile.TemporaryDirectory() as folder:
+        for process in range(args.processes):
+            print(f"\n## process {process + 1} of {args.processes}", flush=True)
+            written = Path(folder) / f"{process}.json"
+            subprocess.run([*command, "--ratios-out", str(written)], check=True)
+            runs.append(json.loads(written.read_text()))
+    if not runs[0]:  # tables without an "x ReLU" column
+        return
+    print(f"\n## x ReLU over the {args.processes} processes")
+    print()
+    print("| shape | layer | median | range | each process |")
+    print("|---|---|---|---|---|")
+    for key in runs[0]:
+        ratios = [run[key] for run in runs]
+        shape, name = key.split(" | ")
+        each = ", ".join(f"{r:.2f}" for r in ratios)
+        print(f"| {shape} | {name} | {statistics.median(ratios):.2f} | {min(ratios):.2f}-{max(ratios):.2f} | {each} |")
 
 
 def layer_table(rounds: int, repeats: int, device: torch.device) -> None:
@@ -162,6 +208,7 @@ def layer_table(rounds: int, repeats: int, device: torch.device) -> None:
         relu_saved = saved_bytes(layers["ReLU"], x)
         for name, m in layers.items():
             kb = saved_bytes(m, x) / 1024
+            RATIOS[f"{batch} x {n}, {p:.0%} | {name}"] = median_ratio(alone, name, "ReLU")
             print(
                 f"| {batch} | {n} | {p:.0%} | {name} | {statistics.median(alone[name]):.3f} | "
                 f"{median_ratio(alone, name, 'ReLU'):.2f} | {median_ratio(block, name, 'ReLU'):.2f} | "
@@ -328,6 +375,7 @@ def conv_table(rounds: int, repeats: int, device: torch.device) -> None:
         layers = {name: m.to(device) for name, m in layers.items()}
         times = interleaved_ms({name: step(m, x, grad) for name, m in layers.items()}, rounds, repeats, device)
         for name in layers:
+            RATIOS[f"{' x '.join(map(str, shape))}, k = {k} | {name}"] = median_ratio(times, name, "ReLU")
             print(
                 f"| {', '.join(map(str, shape))} | {k} | {name} | {statistics.median(times[name]):.3f} | "
                 f"{median_ratio(times, name, 'ReLU'):.2f} |"
