@@ -139,7 +139,7 @@ def main() -> None:
     parser.add_argument("--keep-freed-memory", action="store_true", help="as the ksparse-pl command runs")
     parser.add_argument("--tables", nargs="+", choices=list(TABLES), help="which tables (default: all the device runs)")
     parser.add_argument("--device", type=torch.device, default=torch.device("cpu"), help="cpu or cuda")
-    parser.add_argument("--processes", type=int, default=1, help="fresh processes to run in, then sum up")
+    parser.add_argument("--processes", type=int, default=1, help="run in N fresh processes, then sum up the ratios")
     parser.add_argument("--ratios-out", type=Path, help=argparse.SUPPRESS)  # a child process's ratios, as JSON
     args = parser.parse_args()
     if args.processes < 1:
@@ -208,10 +208,10 @@ def layer_table(rounds: int, repeats: int, device: torch.device) -> None:
         relu_saved = saved_bytes(layers["ReLU"], x)
         for name, m in layers.items():
             kb = saved_bytes(m, x) / 1024
-            RATIOS[f"{batch} x {n}, {p:.0%} | {name}"] = median_ratio(alone, name, "ReLU")
+            ratio = RATIOS[f"{batch} x {n}, {p:.0%} | {name}"] = median_ratio(alone, name, "ReLU")
             print(
                 f"| {batch} | {n} | {p:.0%} | {name} | {statistics.median(alone[name]):.3f} | "
-                f"{median_ratio(alone, name, 'ReLU'):.2f} | {median_ratio(block, name, 'ReLU'):.2f} | "
+                f"{ratio:.2f} | {median_ratio(block, name, 'ReLU'):.2f} | "
                 f"{kb:.0f} KiB (ReLU {relu_saved / 1024:.0f}) |"
             )
 
@@ -375,10 +375,9 @@ def conv_table(rounds: int, repeats: int, device: torch.device) -> None:
         layers = {name: m.to(device) for name, m in layers.items()}
         times = interleaved_ms({name: step(m, x, grad) for name, m in layers.items()}, rounds, repeats, device)
         for name in layers:
-            RATIOS[f"{' x '.join(map(str, shape))}, k = {k} | {name}"] = median_ratio(times, name, "ReLU")
+            ratio = RATIOS[f"{' x '.join(map(str, shape))}, k = {k} | {name}"] = median_ratio(times, name, "ReLU")
             print(
-                f"| {', '.join(map(str, shape))} | {k} | {name} | {statistics.median(times[name]):.3f} | "
-                f"{median_ratio(times, name, 'ReLU'):.2f} |"
+                f"| {', '.join(map(str, shape))} | {k} | {name} | {statistics.median(times[name]):.3f} | {ratio:.2f} |"
             )
 
 
