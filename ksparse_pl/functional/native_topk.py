@@ -379,7 +379,9 @@ def _as_rows(t: Tensor) -> Tensor:
 def _normal_quantiles(k: int, n: int) -> tuple[float, float]:
     """Where the kernel's search starts, in standard deviations above a row's mean (normal rows): the
     threshold that ``k`` of ``n`` scores pass, and the lower one that ``2k`` pass, to which the kernel first
-    compacts the row (NaN: no compaction, when ``2k`` is over half the row and it would save little)."""
+    compacts the row (NaN: no compaction, when ``2k`` is over half the row and it would save little). From the
+    second row of a thread's rows on, the kernel aims where the rows before had their threshold instead, and compacts
+    just below it, unless those positions spread wider than these two quantiles lie apart."""
     normal = statistics.NormalDist()
     z = normal.inv_cdf(1 - k / n) if k < n else 0.0
     return z, normal.inv_cdf(1 - 2 * k / n) if 4 * k <= n else math.nan

@@ -186,6 +186,37 @@ def test_every_instruction_set_gives_the_reference_winners_output_bits_and_gradi
         assert torch.equal(counts, mask.sum(0))
 
 
+# The kernel aims each row's search where the rows before it in the call had their k-th score (in deviations above
+# their means), and compacts the row just below that: a block of rows unlike the ones before leaves some rows with
+# fewer than k candidates, or a compaction threshold outside the row; exact copies narrow the margin to its least.
+ROW_SEQUENCES = {
+    "blocks of four shapes": lambda n: torch.cat(
+        [ROWS[name](64, n) for name in ("normal", "lognormal", "a few large outliers", "uniform")]
+    ),
+    "two shapes alternating": lambda n: torch.stack([ROWS["normal"](128, n), ROWS["lognormal"](128, n)], 1).flatten(
+        0, 1
+    ),
+    "scaled and shifted copies of one row": lambda n: (
+        torch.randn(1, n) * (torch.rand(256, 1) + 0.5) + torch.randn(256, 1)
+    ),
+}
+
+
+@pytest.mark.parametrize("sequence", list(ROW_SEQUENCES))
+@pytest.mark.parametrize("k", [5, 20, 256])
+def test_rows_unlike_the_rows_before_them_get_their_exact_winners(kernel_width: str, sequence: str, k: int) -> None:
+    torch.manual_seed(k)
+    x = ROW_SEQUENCES[sequence](1024)
+    winners = reference_winners(x, k)
+    expected = torch.zeros_like(x).scatter(1, winners, x.gather(1, winners))
+    alone = select_rows(x, k, output=True, counts=True, indices=False)
+    assert identical(alone.output, expected)
+    assert torch.equal(alone.counts, torch.bincount(winners.reshape(-1), minlength=1024))
+    assert torch.equal(select_rows(x, k).indices, winners)
+    boost = torch.rand(1024) + 0.5
+    assert torch.equal(select_rows(x, k, boost=boost).indices, reference_winners(x * boost, k))
+
+
 @pytest.mark.parametrize("relu", [False, True])
 def test_win_counts_over_hundreds_of_rows_count_every_win(kernel_width: str, relu: bool) -> None:
     # More rows per thread than a byte counts (the AVX2 and AVX-512 kernels count the wins from the bits, 255 rows
