@@ -5,7 +5,7 @@ from __future__ import annotations
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -36,7 +36,7 @@ def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 5, device: t
 
 
 def interleaved_ms(
-    fns: dict[str, Callable[[], object]], rounds: int, repeats: int, device: torch.device | None = None
+    fns: Mapping[str, Callable[[], object]], rounds: int, repeats: int, device: torch.device | None = None
 ) -> dict[str, list[float]]:
     """Per round, the median milliseconds of ``repeats`` calls of every function, the functions one after another.
 

@@ -308,6 +308,7 @@ def widths_table(rounds: int, repeats: int, device: torch.device) -> None:
         k = round(n * p)
         x, grad, boost = torch.randn(batch, n, requires_grad=True), torch.randn(batch, n), torch.rand(n) + 0.5
         bits = select_rows(x.detach(), k, output=True).bits
+        assert bits is not None  # written with the output
         layer = KWinners(n, k)
         kernels: dict[str, Callable[[], object]] = {
             "select_rows, boosted, output": lambda: select_rows(x.detach(), k, boost=boost, output=True, counts=True),  # noqa: B023
