@@ -215,6 +215,11 @@ def test_rows_unlike_the_rows_before_them_get_their_exact_winners(kernel_width: 
     assert torch.equal(select_rows(x, k).indices, winners)
     boost = torch.rand(1024) + 0.5
     assert torch.equal(select_rows(x, k, boost=boost).indices, reference_winners(x * boost, k))
+    by_magnitude = select_rows(x, k, by_magnitude=True, output=True, relu=True, indices=False)
+    kept = x.gather(1, reference_winners(x.abs(), k)).clamp(min=0)
+    assert identical(by_magnitude.output, torch.zeros_like(x).scatter(1, reference_winners(x.abs(), k), kept))
+    threshold_kept, _, _ = keep_at_least_rows(x, k, boost=boost)
+    assert identical(threshold_kept, torch.where(threshold_mask(x * boost, k), x, 0.0))
 
 
 @pytest.mark.parametrize("relu", [False, True])
