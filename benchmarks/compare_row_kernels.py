@@ -44,7 +44,7 @@ from ksparse_pl.functional.native_topk import _normal_quantiles
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = [(256, 4096, 0.05), (256, 1024, 0.10), (1024, 512, 0.25)]
-# What ksparse_select_rows is called with, after the buffers: the same argument types in both builds.
+# The functions called in both builds, with this checkout's argument types (a base with another signature won't do).
 FUNCTIONS = ("ksparse_init", "ksparse_select_rows")
 
 
@@ -161,7 +161,7 @@ def main() -> None:
                     caller(lib, x, k, boost, args.threads, outputs[name])()
                 if not all(torch.equal(a, b) for a, b in zip(outputs["base"], outputs["this"], strict=True)):
                     raise SystemExit(f"{kind} rows, {batch} x {n}: the two builds' outputs differ")
-                # Both write into the same buffers while timed: separate ones made the second build's calls slower.
+                # Both write into the same buffers while timed: in a C harness, separate ones favoured one build.
                 calls = {name: caller(lib, x, k, boost, args.threads, outputs["base"]) for name, lib in libs.items()}
                 times: dict[str, list[float]] = {"base": [], "this": []}
                 for round_ in range(args.rounds):
