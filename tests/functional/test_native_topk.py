@@ -193,9 +193,7 @@ ROW_SEQUENCES = {
     "blocks of four shapes": lambda n: torch.cat(
         [ROWS[name](64, n) for name in ("normal", "lognormal", "a few large outliers", "uniform")]
     ),
-    "two shapes alternating": lambda n: torch.stack([ROWS["normal"](128, n), ROWS["lognormal"](128, n)], 1).flatten(
-        0, 1
-    ),
+    "two shapes alternating": lambda n: torch.stack([ROWS["normal"](128, n), ROWS["lognormal"](128, n)], 1).view(-1, n),
     "scaled and shifted copies of one row": lambda n: (
         torch.randn(1, n) * (torch.rand(256, 1) + 0.5) + torch.randn(256, 1)
     ),
